@@ -1,0 +1,3 @@
+"""playledger: the audit trail for Ansible that never loses an event."""
+
+__version__ = "0.1.0"

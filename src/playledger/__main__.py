@@ -1,0 +1,3 @@
+from playledger.cli import main
+
+main()

@@ -1,0 +1,167 @@
+"""One table of settings: name, type, default, environment variable, help.
+
+Every setting is declared once here and read once into a `Settings` object. The CLI help, the
+docs (docs/settings.md) and a test that fails when a setting is undocumented all come from this
+table. Nothing else in the code reads `os.environ` for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from playledger.errors import SettingError
+
+FSYNC_POLICIES = ("always", "interval", "never")
+
+
+def _data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("playledger", appauthor=False))
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def _fsync(value: str) -> str:
+    if value not in FSYNC_POLICIES:
+        raise ValueError(f"must be one of {', '.join(FSYNC_POLICIES)}")
+    return value
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must be >= 0")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be >= 1")
+    return number
+
+
+def _regex(value: str) -> str:
+    if value:
+        re.compile(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    cast: Callable[[str], Any]
+    default: Callable[[], str]
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "db",
+        "PLAYLEDGER_DB",
+        str,
+        lambda: str(_data_dir() / "playledger.db"),
+        "Store to record into: a SQLite file path (the embedded default).",
+    ),
+    Setting(
+        "spool_dir",
+        "PLAYLEDGER_SPOOL_DIR",
+        _path,
+        lambda: str(_data_dir() / "spool"),
+        "Folder for per-run spool files written by the callback and drained by the shipper.",
+    ),
+    Setting(
+        "fsync",
+        "PLAYLEDGER_FSYNC",
+        _fsync,
+        lambda: "interval",
+        "Spool fsync policy: 'always' (every event), 'interval' (at most fsync_interval "
+        "seconds of events at risk on power loss) or 'never' (leave it to the OS).",
+    ),
+    Setting(
+        "fsync_interval",
+        "PLAYLEDGER_FSYNC_INTERVAL",
+        _positive_float,
+        lambda: "0.2",
+        "Seconds between spool fsyncs under the 'interval' policy.",
+    ),
+    Setting(
+        "redact",
+        "PLAYLEDGER_REDACT",
+        _regex,
+        lambda: "",
+        "Regular expression; every match in every recorded string is replaced by ******** "
+        "before the first write to disk. Empty: no redaction beyond no_log censoring.",
+    ),
+    Setting(
+        "batch_size",
+        "PLAYLEDGER_BATCH_SIZE",
+        _positive_int,
+        lambda: "2000",
+        "Events per store transaction when shipping.",
+    ),
+    Setting(
+        "ship_timeout",
+        "PLAYLEDGER_SHIP_TIMEOUT",
+        _positive_float,
+        lambda: "120",
+        "Seconds the shipper keeps trying after a run ends before it leaves the rest in the "
+        "spool for 'playledger ship'.",
+    ),
+    Setting(
+        "busy_timeout",
+        "PLAYLEDGER_BUSY_TIMEOUT",
+        _positive_float,
+        lambda: "5",
+        "Seconds one store write waits for a lock held by another process before the shipper "
+        "backs off and retries.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: str
+    spool_dir: Path
+    fsync: str
+    fsync_interval: float
+    redact: str
+    batch_size: int
+    ship_timeout: float
+    busy_timeout: float
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
+        """Read every setting: explicit override, then environment, then default."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            override = overrides.get(setting.name)
+            raw = override if override is not None else env.get(setting.env)
+            if raw is None or raw == "":
+                raw = setting.default()
+            try:
+                values[setting.name] = setting.cast(raw)
+            except (ValueError, re.error) as exc:
+                raise SettingError(f"{setting.env}={raw!r}: {exc}") from exc
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise SettingError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def settings_help() -> str:
+    """The settings table as text, for `playledger --help` and docs/settings.md."""
+    lines = []
+    for setting in SETTINGS:
+        lines.append(f"{setting.env} (default: {setting.default()})\n    {setting.help}")
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""Drains spools into a store in batches; retries with backoff; never deletes what is not acked.
+
+Runs as its own process (fork+exec from `playledger run` or from the callback), never as a
+thread inside ansible-playbook. Order of operations per batch: read records after the acked
+offset -> commit them in one store transaction -> durably advance the acked offset. A crash
+anywhere in between only means the batch is shipped again, and the store ignores duplicates.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from playledger.errors import StoreError
+from playledger.events import Record, record_decoder
+from playledger.spool import HEADER, Bad, SpoolFile, list_runs, writer_alive
+from playledger.store.base import Store
+
+log = logging.getLogger("playledger.shipper")
+
+POLL_INTERVAL = 0.05
+MAX_BACKOFF = 2.0
+
+
+@dataclass
+class ShipReport:
+    run: str
+    inserted: int = 0
+    duplicates: int = 0
+    quarantined: list[Bad] = field(default_factory=list)
+    finished: bool = False  # the writer is gone and the spool was fully drained and removed
+    left_records: int = 0  # still in the spool when the shipper gave up or the run goes on
+    busy: bool = False  # another shipper holds this spool
+    last_error: str | None = None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited; it only waits for its parent to reap it
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class _ShipLock:
+    """One shipper per spool: an flock on <run>.lock, released when the process ends."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+
+    def try_acquire(self) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _decode(spool: SpoolFile, payloads: list[tuple[int, bytes]]) -> tuple[list[Record], list[Bad]]:
+    records: list[Record] = []
+    bad: list[Bad] = []
+    for end, payload in payloads:
+        try:
+            records.append(record_decoder.decode(payload))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            start = end - len(payload) - HEADER.size
+            bad.append(Bad(start, end - start, f"undecodable record: {exc}"))
+    return records, bad
+
+
+def ship_spool(
+    spool: SpoolFile,
+    store: Store,
+    batch_size: int,
+    timeout: float,
+    follow_pid: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ShipReport:
+    """Ship one run's spool. With `follow_pid`, keep following it while that process lives.
+
+    Returns when the spool is fully shipped and its writer gone (the spool is then removed),
+    when a non-following call has shipped all complete records, or when `timeout` seconds pass
+    after the run ended with records still unshipped (they stay in the spool).
+    """
+    report = ShipReport(spool.run)
+    spool.spool_dir.mkdir(parents=True, exist_ok=True)
+    lock = _ShipLock(spool.lock_path)
+    try:
+        if not lock.try_acquire():
+            report.busy = True
+            report.left_records = spool.backlog()[0]
+            return report
+        _ship_locked(spool, store, batch_size, timeout, follow_pid, clock, sleep, report)
+    finally:
+        lock.close()
+    return report
+
+
+def _ship_locked(
+    spool: SpoolFile,
+    store: Store,
+    batch_size: int,
+    timeout: float,
+    follow_pid: int | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    report: ShipReport,
+) -> None:
+    offset = spool.acked()
+    backoff = POLL_INTERVAL
+    deadline: float | None = None if follow_pid is not None else clock() + timeout
+    while True:
+        exists = spool.path.exists()
+        writing = writer_alive(spool.path)
+        waiting_for_start = follow_pid is not None and not exists and pid_alive(follow_pid)
+        run_over = not writing and not waiting_for_start
+        if run_over and deadline is None:
+            deadline = clock() + timeout
+
+        chunk = spool.read(offset, final=run_over, max_records=batch_size)
+        payloads = chunk.records
+        records, undecodable = _decode(spool, payloads)
+        bad = chunk.bad + undecodable
+        committed = True
+        if records:
+            try:
+                result = store.ingest(records)
+            except StoreError as exc:
+                committed = False
+                report.last_error = str(exc)
+                log.warning(
+                    "run %s: store unavailable, retrying in %.2fs: %s", spool.run, backoff, exc
+                )
+            else:
+                report.inserted += result.inserted
+                report.duplicates += result.duplicates
+                backoff = POLL_INTERVAL
+        if committed and (records or bad):
+            new_offset = chunk.end
+            for b in sorted(bad, key=lambda b: b.offset):
+                spool.quarantine(b)
+                report.quarantined.append(b)
+                log.error(
+                    "run %s: %s in %s at offset %d (%d bytes) quarantined to %s",
+                    spool.run,
+                    b.reason,
+                    spool.path,
+                    b.offset,
+                    b.length,
+                    spool.quarantine_path,
+                )
+                if b.reason.startswith("torn tail") and b.offset + b.length == chunk.end:
+                    spool.truncate_torn(b.offset)  # repair: the file ends on a frame boundary
+                    new_offset = b.offset
+            spool.set_acked(new_offset)
+            offset = new_offset
+            continue  # there may be more right behind
+
+        if committed and run_over and offset >= spool.size():
+            if exists:
+                # A run whose final record never came (ansible-playbook killed) is marked
+                # aborted; a no-op when the final record is stored.
+                try:
+                    store.mark_aborted(spool.run)
+                except StoreError as exc:
+                    report.last_error = str(exc)
+                    committed = False
+                else:
+                    spool.remove()
+            if committed:
+                report.finished = True
+                return
+
+        if follow_pid is None and not run_over and committed:
+            report.left_records = spool.backlog()[0]
+            return  # a live writer: ship what is complete, leave the rest to its own shipper
+        if deadline is not None and clock() >= deadline:
+            report.left_records = spool.backlog()[0]
+            return
+        if committed:
+            sleep(POLL_INTERVAL)
+        else:
+            sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def ship_all(spool_dir: Path, store: Store, batch_size: int, timeout: float) -> list[ShipReport]:
+    """`playledger ship`: drain every spool in the folder (finished runs are removed)."""
+    reports = []
+    for run in list_runs(spool_dir):
+        spool = SpoolFile(spool_dir, run)
+        if not spool.path.exists():
+            continue
+        reports.append(ship_spool(spool, store, batch_size, timeout))
+    return reports
