@@ -145,13 +145,14 @@ def runs(ctx: click.Context, limit: int, as_json: bool) -> None:
             return
         table = Table(box=None)
         for col in ("id", "playbook", "status", "started", "hosts", "events", "complete"):
-            table.add_column(col, justify="right" if col in ("id", "hosts") else "left")
+            right = col in ("id", "hosts", "events")
+            table.add_column(col, justify="right" if right else "left", no_wrap=col != "playbook")
         for r in rows:
             emitted = f"{r.emitted:,}" if r.emitted is not None else "?"
             complete = r.emitted is not None and r.emitted == r.stored
             table.add_row(
                 str(r.id),
-                r.playbook,
+                Path(r.playbook).name,
                 r.status,
                 r.started[:19].replace("T", " "),
                 str(r.hosts),

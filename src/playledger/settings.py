@@ -29,12 +29,6 @@ def _path(value: str) -> Path:
     return Path(value).expanduser()
 
 
-def _fsync(value: str) -> str:
-    if value not in FSYNC_POLICIES:
-        raise ValueError(f"must be one of {', '.join(FSYNC_POLICIES)}")
-    return value
-
-
 def _positive_float(value: str) -> float:
     number = float(value)
     if number < 0:
@@ -47,6 +41,15 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise ValueError("must be >= 1")
     return number
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def cast(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return cast
 
 
 def _regex(value: str) -> str:
@@ -82,7 +85,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "fsync",
         "PLAYLEDGER_FSYNC",
-        _fsync,
+        _choice(*FSYNC_POLICIES),
         lambda: "interval",
         "Spool fsync policy: 'always' (every event), 'interval' (at most fsync_interval "
         "seconds of events at risk on power loss) or 'never' (leave it to the OS).",
@@ -101,6 +104,22 @@ SETTINGS: tuple[Setting, ...] = (
         lambda: "",
         "Regular expression; every match in every recorded string is replaced by ******** "
         "before the first write to disk. Empty: no redaction beyond no_log censoring.",
+    ),
+    Setting(
+        "ship",
+        "PLAYLEDGER_SHIP",
+        _choice("auto", "off"),
+        lambda: "auto",
+        "Callback: 'auto' starts a shipper process that drains the spool while the run goes on; "
+        "'off' leaves it to 'playledger run' (which sets this) or 'playledger ship'.",
+    ),
+    Setting(
+        "run_id",
+        "PLAYLEDGER_RUN_ID",
+        str,
+        lambda: "",
+        "Callback: the run uuid to record under; set per run by 'playledger run', "
+        "a new uuid when empty. Do not export it for more than one run.",
     ),
     Setting(
         "batch_size",
@@ -135,6 +154,8 @@ class Settings:
     fsync: str
     fsync_interval: float
     redact: str
+    ship: str
+    run_id: str
     batch_size: int
     ship_timeout: float
     busy_timeout: float

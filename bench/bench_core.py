@@ -1,0 +1,474 @@
+"""Core benchmarks of playledger, measured side by side in one run on this machine.
+
+(a) Callback overhead: wall time of a real `ansible-playbook` (N hosts x 10 cheap tasks, local
+    connection) with no audit callback, under `playledger run`, and with the plugin enabled
+    through the environment. The variants are interleaved and each is the median of --repeat
+    runs, because a 2-core machine is noisy.
+(b) Ingest: events/s from a real spool (SpoolWriter, sealed events.Event records) through the
+    real shipper (`ship_spool`) into a fresh SQLiteStore with durable commits, next to the raw
+    SQLite floor (executemany of the same rows, same schema, WAL, synchronous=FULL) and the
+    spool append rate.
+
+    .venv/bin/python bench/bench_core.py --quick    # about 3 minutes
+    .venv/bin/python bench/bench_core.py            # 500 hosts, 3 repeats: about 30 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from playledger.callback import plugin_path
+from playledger.events import GENESIS_HASH, Event, RunEnd, RunStart, encode_data, encode_record
+from playledger.events import seal as seal_event
+from playledger.shipper import ship_spool
+from playledger.spool import SUFFIX, SpoolFile, SpoolWriter
+from playledger.store.sqlite import SCHEMA, SQLiteStore
+
+BIN = Path(sys.executable).parent
+TASK_NAMES = (
+    "say hello",
+    "remember a fact",
+    "check the fact",
+    "run true",
+    "say the fact",
+    "remember another fact",
+    "check both facts",
+    "run true again",
+    "say goodbye",
+    "final check",
+)
+
+PLAYBOOK = """\
+- name: bench play
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: say hello
+      ansible.builtin.debug:
+        msg: "hello {{ inventory_hostname }}"
+    - name: remember a fact
+      ansible.builtin.set_fact:
+        bench_fact: "{{ inventory_hostname }}-1"
+    - name: check the fact
+      ansible.builtin.assert:
+        that: bench_fact is defined
+        quiet: true
+    - name: run true
+      ansible.builtin.command: "true"
+      changed_when: false
+    - name: say the fact
+      ansible.builtin.debug:
+        var: bench_fact
+    - name: remember another fact
+      ansible.builtin.set_fact:
+        bench_other: "{{ bench_fact }}-2"
+    - name: check both facts
+      ansible.builtin.assert:
+        that:
+          - bench_fact is defined
+          - bench_other is defined
+    - name: run true again
+      ansible.builtin.command: "true"
+    - name: say goodbye
+      ansible.builtin.debug:
+        msg: "bye {{ inventory_hostname }}"
+    - name: final check
+      ansible.builtin.assert:
+        that: bench_other.endswith('-2')
+        quiet: true
+"""
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def fmt_rate(n: float) -> str:
+    return f"{n:,.0f}/s"
+
+
+# --- (a) callback overhead -------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    name: str
+    label: str
+    times: list[float] = field(default_factory=list)
+    events: list[int] = field(default_factory=list)
+
+
+def base_env(root: Path) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("PLAYLEDGER_", "ANSIBLE_"))}
+    return {
+        **keep,
+        "ANSIBLE_LOCAL_TEMP": str(root / "ansible-tmp"),
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+    }
+
+
+def write_project(root: Path, hosts: int) -> None:
+    lines = ["[all]"]
+    lines += [f"node-{i:04d} ansible_connection=local" for i in range(hosts)]
+    lines += ["[all:vars]", f"ansible_python_interpreter={sys.executable}"]
+    (root / "hosts.ini").write_text("\n".join(lines) + "\n")
+    (root / "site.yml").write_text(PLAYBOOK)
+
+
+def wait_drained(spool_dir: Path, timeout: float) -> None:
+    """The plugin's own shipper runs detached: wait (untimed) until it removed the spool."""
+    deadline = time.monotonic() + timeout
+    while any(spool_dir.glob(f"*{SUFFIX}")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"shipper did not drain {spool_dir} in {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def stored_complete(db: Path) -> int:
+    """Events stored for the one run in `db`; exits unless stored == emitted."""
+    store = SQLiteStore(str(db))
+    try:
+        run = store.run("latest")
+    finally:
+        store.close()
+    if run.emitted is None or run.stored != run.emitted:
+        raise SystemExit(f"{db}: incomplete run: stored {run.stored}, emitted {run.emitted}")
+    return run.stored
+
+
+def run_variant(variant: Variant, root: Path, forks: int, rep: int) -> None:
+    work = root / f"{variant.name}-{rep}"
+    work.mkdir()
+    env = base_env(root)
+    db = work / "playledger.db"
+    spool_dir = work / "spool"
+    args = ["site.yml", "-i", "hosts.ini", "-f", str(forks)]
+    if variant.name == "none":
+        cmd = [str(BIN / "ansible-playbook"), *args]
+    elif variant.name == "run":
+        env |= {"PLAYLEDGER_DB": str(db), "PLAYLEDGER_SPOOL_DIR": str(spool_dir)}
+        cmd = [str(BIN / "playledger"), "run", *args]
+    else:
+        env |= {
+            "PLAYLEDGER_DB": str(db),
+            "PLAYLEDGER_SPOOL_DIR": str(spool_dir),
+            "ANSIBLE_CALLBACK_PLUGINS": str(plugin_path()),
+            "ANSIBLE_CALLBACKS_ENABLED": "playledger",
+        }
+        cmd = [str(BIN / "ansible-playbook"), *args]
+    out = work / "stdout.txt"
+    with out.open("wb") as f:
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT)
+        elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant.label} failed ({proc.returncode}); see {out}")
+    if variant.name == "plugin":
+        wait_drained(spool_dir, timeout=600)
+    if variant.name != "none":
+        variant.events.append(stored_complete(db))
+    variant.times.append(elapsed)
+    print(f"  rep {rep + 1}: {variant.label}: {elapsed:.1f}s", file=sys.stderr, flush=True)
+
+
+def bench_callback(root: Path, hosts: int, forks: int, repeat: int) -> list[Variant]:
+    write_project(root, hosts)
+    variants = [
+        Variant("none", "ansible-playbook, no audit callback"),
+        Variant("run", "`playledger run` (SQLite, shipper + verify included)"),
+        Variant("plugin", "ansible-playbook + plugin via env (own shipper)"),
+    ]
+    for rep in range(repeat):
+        # Rotate the order so no variant always runs first (cold caches) or last.
+        for i in range(len(variants)):
+            run_variant(variants[(i + rep) % len(variants)], root, forks, rep)
+    return variants
+
+
+# --- (b) ingest --------------------------------------------------------------------------------
+
+
+@dataclass
+class Synthetic:
+    run: str
+    payloads: list[bytes]  # framed by SpoolWriter: RunStart, events..., RunEnd
+    rows: list[tuple[Any, ...]]  # the events table rows (run_id 1) for the raw floor
+    prepare_s: float  # build + seal + encode of the events
+
+
+def synthesize(n: int, hosts: int = 500) -> Synthetic:
+    """`n` sealed events of about 800 bytes each, shaped like runner_on_ok results."""
+    run = str(uuidlib.uuid4())
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    start = RunStart(
+        run=run,
+        created=now,
+        playbook="/srv/ansible/site.yml",
+        argv=["ansible-playbook", "site.yml", "-i", "hosts.ini"],
+        cwd="/srv/ansible",
+        user="bench",
+        controller=platform.node(),
+        ansible_version="2.19",
+        playledger_version="bench",
+        pid=os.getpid(),
+    )
+    payloads = [encode_record(start)]
+    rows: list[tuple[Any, ...]] = []
+    play_uuid = str(uuidlib.uuid4())
+    task_uuids = [str(uuidlib.uuid4()) for _ in TASK_NAMES]
+    prev = GENESIS_HASH
+    t0 = time.perf_counter()
+    for counter in range(1, n + 1):
+        host = f"node-{counter % hosts:04d}.example.internal"
+        t = (counter // hosts) % len(TASK_NAMES)
+        changed = counter % 5 == 0
+        failed = counter % 97 == 0
+        name = "runner_on_failed" if failed else "runner_on_ok"
+        data = encode_data(
+            {
+                "host": host,
+                "remote_addr": host,
+                "res": {
+                    "changed": changed,
+                    "msg": f"All assertions passed for {host} in step {counter}",
+                    "rc": 1 if failed else 0,
+                    "stdout": "",
+                    "stderr": "",
+                    "cmd": ["true"],
+                    "delta": "0:00:00.002041",
+                },
+                "task_path": f"/srv/ansible/site.yml:{4 + 3 * t}",
+                "no_log": False,
+                "start": now,
+                "end": now,
+            }
+        )
+        event = Event(
+            run=run,
+            counter=counter,
+            uuid=str(uuidlib.uuid4()),
+            parent_uuid=task_uuids[t],
+            created=now,
+            event=name,
+            host=host,
+            play="bench play",
+            play_uuid=play_uuid,
+            task=TASK_NAMES[t],
+            task_uuid=task_uuids[t],
+            task_action="ansible.builtin.assert",
+            role=None,
+            playbook="/srv/ansible/site.yml",
+            changed=changed,
+            failed=failed,
+            stdout=f"{'fatal' if failed else 'ok'}: [{host}]",
+            event_data=data,
+        )
+        prev = seal_event(event, prev)
+        payloads.append(encode_record(event))
+        rows.append(
+            (
+                1,
+                event.counter,
+                event.uuid,
+                event.parent_uuid,
+                event.created,
+                event.event,
+                event.host,
+                event.play,
+                event.play_uuid,
+                event.task,
+                event.task_uuid,
+                event.task_action,
+                event.role,
+                event.playbook,
+                int(event.changed),
+                int(event.failed),
+                event.stdout,
+                bytes(event.event_data).decode(),
+                event.prev_hash,
+                event.hash,
+            )
+        )
+    prepare = time.perf_counter() - t0
+    payloads.append(encode_record(RunEnd(run=run, created=now, emitted=n)))
+    return Synthetic(run, payloads, rows, prepare)
+
+
+def write_spool(spool_dir: Path, syn: Synthetic) -> float:
+    """Append every record with the real writer (default fsync policy); returns seconds."""
+    spool_dir.mkdir(parents=True)
+    writer = SpoolWriter(spool_dir / f"{syn.run}{SUFFIX}", fsync="interval", fsync_interval=0.2)
+    append = writer.append
+    t0 = time.perf_counter()
+    for payload in syn.payloads:
+        append(payload)
+    writer.close()  # final fsync included
+    return time.perf_counter() - t0
+
+
+def ship(spool_dir: Path, db: Path, syn: Synthetic, batch_size: int) -> float:
+    store = SQLiteStore(str(db))
+    try:
+        t0 = time.perf_counter()
+        report = ship_spool(SpoolFile(spool_dir, syn.run), store, batch_size, timeout=60)
+        elapsed = time.perf_counter() - t0
+        run = store.run(syn.run)
+    finally:
+        store.close()
+    if not report.finished or report.inserted != len(syn.rows) or run.stored != run.emitted:
+        raise SystemExit(f"shipping incomplete: {report} stored={run.stored}")
+    return elapsed
+
+
+def sqlite_floor(db: Path, syn: Synthetic, per_tx: int) -> float:
+    """executemany of the same rows into the same schema, WAL, synchronous=FULL."""
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.executescript(SCHEMA)
+        con.execute("INSERT INTO runs (uuid) VALUES (?)", (syn.run,))
+        sql = f"INSERT INTO events VALUES (?{', ?' * 19})"
+        rows = syn.rows
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), per_tx):
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany(sql, rows[i : i + per_tx])
+            con.execute("COMMIT")
+        return time.perf_counter() - t0
+    finally:
+        con.close()
+
+
+@dataclass
+class IngestResults:
+    events: int
+    record_bytes: float
+    prepare_s: float
+    append: list[float] = field(default_factory=list)
+    ship: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+
+
+def bench_ingest(root: Path, n: int, repeat: int, batch_size: int, per_tx: int) -> IngestResults:
+    print(f"  synthesizing {n:,} events", file=sys.stderr, flush=True)
+    syn = synthesize(n)
+    size = sum(len(p) for p in syn.payloads[1:-1]) / n
+    res = IngestResults(n, size, syn.prepare_s)
+    for rep in range(repeat):
+        spool_dir = root / f"spool-{rep}"
+        res.append.append(write_spool(spool_dir, syn))
+        steps: list[tuple[str, Callable[[], float], list[float]]] = [
+            ("ship", lambda: ship(spool_dir, root / f"ship-{rep}.db", syn, batch_size), res.ship),
+            ("floor", lambda: sqlite_floor(root / f"floor-{rep}.db", syn, per_tx), res.floor),
+        ]
+        if rep % 2:
+            steps.reverse()
+        for label, step, into in steps:
+            into.append(step())
+            print(
+                f"  rep {rep + 1}: {label}: {n / into[-1]:,.0f}/s", file=sys.stderr, flush=True
+            )
+        for stale in root.glob(f"*-{rep}.db*"):
+            stale.unlink()
+        shutil.rmtree(spool_dir)
+    return res
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="100 hosts, 1 repeat")
+    parser.add_argument("--hosts", type=int, help="hosts in the playbook run (default 500)")
+    parser.add_argument("--forks", type=int, default=10, help="ansible-playbook -f (default 10)")
+    parser.add_argument("--repeat", type=int, help="runs per variant (default 3; quick 1)")
+    parser.add_argument("--events", type=int, default=1_000_000, help="synthetic events")
+    parser.add_argument("--batch-size", type=int, default=2000, help="shipper batch size")
+    parser.add_argument("--floor-tx", type=int, default=1000, help="rows per floor transaction")
+    parser.add_argument("--skip-callback", action="store_true", help="only the ingest part")
+    parser.add_argument("--skip-ingest", action="store_true", help="only the callback part")
+    parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: /tmp)")
+    args = parser.parse_args()
+    hosts = args.hosts or (100 if args.quick else 500)
+    repeat = args.repeat or (1 if args.quick else 3)
+
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="playledger-bench-", dir=args.tmp) as tmp:
+        root = Path(tmp)
+        if not args.skip_callback:
+            print(f"callback: {hosts} hosts x 10 tasks, -f {args.forks}", file=sys.stderr)
+            (root / "cb").mkdir()
+            variants = bench_callback(root / "cb", hosts, args.forks, repeat)
+            base = median(variants[0].times)
+            for v in variants:
+                t = median(v.times)
+                runs = ", ".join(f"{x:.1f}" for x in v.times)
+                ratio = "1.00" if v is variants[0] else f"{t / base:.3f} (target <= 1.05)"
+                events = f"; {v.events[0]:,} events stored" if v.events else ""
+                rows.append(
+                    (
+                        f"{hosts} hosts x 10 tasks, -f {args.forks}: {v.label}",
+                        f"{t:.1f} s (runs: {runs}{events})",
+                        ratio,
+                    )
+                )
+        if not args.skip_ingest:
+            print(f"ingest: {args.events:,} events", file=sys.stderr)
+            (root / "in").mkdir()
+            r = bench_ingest(root / "in", args.events, repeat, args.batch_size, args.floor_tx)
+            n = r.events
+            rows += [
+                (
+                    f"spool append, {r.record_bytes:.0f}-byte records, fsync every 0.2 s",
+                    fmt_rate(n / median(r.append)),
+                    "",
+                ),
+                (
+                    "build + seal + encode an event (untimed for the others)",
+                    fmt_rate(n / r.prepare_s),
+                    "",
+                ),
+                (
+                    f"raw SQLite floor: executemany, {args.floor_tx} rows/tx, WAL, sync=FULL",
+                    fmt_rate(n / median(r.floor)),
+                    "",
+                ),
+                (
+                    f"spool -> shipper -> SQLiteStore, batch {args.batch_size}, durable",
+                    fmt_rate(n / median(r.ship)),
+                    f"{median(r.floor) / median(r.ship):.2f} of floor (target >= 50,000/s)",
+                ),
+            ]
+
+    print(
+        f"\nplayledger bench_core, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"SQLite {sqlite3.sqlite_version}, median of {repeat}\n"
+    )
+    print("| measurement | result | ratio |")
+    print("|---|---:|---|")
+    for name, value, ratio in rows:
+        print(f"| {name} | {value} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
