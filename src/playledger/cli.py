@@ -16,7 +16,7 @@ import msgspec
 
 from playledger import __version__, render
 from playledger.callback import plugin_path
-from playledger.errors import PlayledgerError
+from playledger.errors import PlayledgerError, UsageError
 from playledger.events import Event
 from playledger.settings import Settings, settings_help
 from playledger.store import EventFilter, Store, open_store
@@ -81,6 +81,8 @@ def summary_line(report: VerifyReport, hosts: int) -> str:
     state = "complete" if report.complete else "INCOMPLETE"
     if report.missing_count:
         state += f" ({report.missing_count:,} missing)"
+    elif report.append_errors:
+        state += f" ({report.append_errors:,} events failed to reach the spool)"
     elif not report.finished:
         state += " (no final record: the run did not end normally)"
     chain = "chain ok" if report.chain_ok else "chain BROKEN"
@@ -334,6 +336,11 @@ def _verify_text(report: VerifyReport, hosts: int) -> str:
     lines.append(f"  hash chain: {chain} ({report.chain_checked:,} events checked)")
     for err in report.chain_errors:
         lines.append(f"    {err}")
+    if report.append_errors:
+        lines.append(
+            f"  LOST: the callback failed to append {report.append_errors} event(s) to the spool"
+            " (see Ansible's warnings for the cause)"
+        )
     if report.spool_pending:
         lines.append(f"  spool: {report.spool_pending:,} records not yet shipped (playledger ship)")
     for q in report.quarantined:
@@ -390,8 +397,10 @@ def ship(
     with _store(settings) as store:
         if follow_run:
             spool = SpoolFile(settings.spool_dir, follow_run)
+            if pid is None:
+                raise UsageError("--follow needs --pid (the ansible-playbook process to follow)")
             reports: list[ShipReport] = [
-                ship_spool(spool, store, settings.batch_size, limit, follow_pid=pid or 0)
+                ship_spool(spool, store, settings.batch_size, limit, follow_pid=pid)
             ]
         else:
             reports = ship_all(settings.spool_dir, store, settings.batch_size, limit)

@@ -86,12 +86,15 @@ def run_playbook(args: Sequence[str], settings: Settings) -> RunOutcome:
     store.close()
     run_id = str(uuidlib.uuid4())
     env = ansible_environment(os.environ, settings, run_id)
-    interrupted: list[int] = []
+    ansible: subprocess.Popen[bytes] | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        interrupted.append(signum)  # ansible-playbook gets the terminal's signal itself
+        # Ctrl-C reaches ansible-playbook from the terminal itself; a SIGTERM sent to us is
+        # passed on, so Ansible stops the way it would have stopped on its own.
+        if signum == signal.SIGTERM and ansible is not None and ansible.poll() is None:
+            ansible.send_signal(signum)
 
-    previous = signal.signal(signal.SIGINT, on_signal)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         ansible = subprocess.Popen([ansible_playbook(), *args], env=env)
         shipper = subprocess.Popen(
@@ -116,7 +119,8 @@ def run_playbook(args: Sequence[str], settings: Settings) -> RunOutcome:
         rc = ansible.wait()
         shipper_rc = shipper.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
     store = open_store(settings.db, settings.busy_timeout)
     try:

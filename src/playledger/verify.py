@@ -34,6 +34,7 @@ class VerifyReport:
     chain_ok: bool = True
     chain_checked: int = 0
     chain_errors: list[str] = field(default_factory=list)
+    append_errors: int = 0  # the callback could not append these: lost before the spool
     spool_pending: int = 0
     quarantined: list[dict[str, Any]] = field(default_factory=list)
 
@@ -46,6 +47,7 @@ class VerifyReport:
             and not self.duplicates
             and self.chain_ok
             and not self.quarantined
+            and not self.append_errors
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,6 +76,7 @@ def verify_run(store: Store, run: RunRow, spool_dir: Path | None = None) -> Veri
         emitted=run.emitted,
         stored=run.stored,
         finished=run.emitted is not None,
+        append_errors=run.append_errors,
     )
     targeted: set[str] | None = None
     with_events: set[str] = set()

@@ -28,6 +28,7 @@ class RunRow:
     cwd: str
     argv: list[str]
     ansible_version: str
+    append_errors: int = 0  # events the callback failed to append (from the final record)
 
 
 @dataclass(frozen=True)

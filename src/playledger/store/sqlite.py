@@ -88,7 +88,7 @@ EVENT_COLUMNS = (
 )
 RUN_COLUMNS = (
     "id, uuid, playbook, status, started, finished, emitted, stored, hosts, exit_code, "
-    "controller, user, cwd, argv, ansible_version"
+    "controller, user, cwd, argv, ansible_version, append_errors"
 )
 
 
@@ -310,6 +310,7 @@ class SQLiteStore:
             cwd,
             argv,
             ansible_version,
+            append_errors,
         ) = row
         if hosts is None:
             hosts = self._db.execute(
@@ -332,6 +333,7 @@ class SQLiteStore:
             cwd=cwd,
             argv=json.loads(argv),
             ansible_version=ansible_version,
+            append_errors=append_errors,
         )
 
     def runs(self, limit: int = 50) -> list[RunRow]:
