@@ -46,7 +46,7 @@ class Env:
         return open_store(self.db)
 
     def playledger(
-        self, *args: str, timeout: float = 600, check: bool = False, **kw: object
+        self, *args: str, timeout: float = 600, check: bool = False, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run the real CLI in a child process (`python -m playledger ...`)."""
         return subprocess.run(
@@ -57,7 +57,7 @@ class Env:
             text=True,
             timeout=timeout,
             check=check,
-            **kw,  # type: ignore[arg-type]
+            input=input,
         )
 
     def write(self, name: str, text: str) -> Path:

@@ -28,6 +28,7 @@ def make_events(run: str, n: int, hosts: int = 3) -> list[Event]:
     prev = GENESIS_HASH
     names = [f"host-{i}" for i in range(hosts)]
     for counter in range(1, n + 1):
+        data: dict[str, object]
         if counter == 1:
             name, host, data = "playbook_on_play_start", None, {"hosts_targeted": names}
         elif counter == n:

@@ -106,6 +106,12 @@ def _fallback(obj: Any) -> Any:
     """
     if isinstance(obj, str):
         return str(obj)
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
     if isinstance(obj, dict):
         return dict(obj)
     if isinstance(obj, (list, tuple, set, frozenset)):

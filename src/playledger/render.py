@@ -12,7 +12,8 @@ from typing import Any
 
 from playledger.events import Event
 
-COLUMNS = 80
+# Ansible's Display uses max(79, terminal width - 1) columns; without a terminal, 79.
+COLUMNS = 79
 
 # The default callback's colour per outcome (ansible.constants COLOR_*).
 COLORS = {
@@ -35,6 +36,11 @@ HIDE_IN_DEBUG = frozenset(
      "ansible_index_var", "ansible_loop"}
 )  # fmt: skip
 
+# Keys debug keeps when it has a `msg` (ansible.plugins.callback._DEBUG_ALLOWED_KEYS).
+DEBUG_ALLOWED_KEYS = frozenset({"msg", "exception", "warnings", "deprecations"})
+# Shown by the default callback as [ERROR]/[WARNING] lines, never inside the result's JSON.
+NOT_DUMPED = frozenset({"exception", "warnings", "deprecations"})
+
 SUMMARY_KEYS = ("ok", "changed", "dark", "failures", "skipped", "rescued", "ignored")
 
 
@@ -44,11 +50,19 @@ def banner(msg: str) -> str:
     return f"\n{msg} {'*' * stars}"
 
 
-def _dump(res: Mapping[str, Any], verbose: bool = False) -> str:
-    shown = {k: v for k, v in res.items() if k != "invocation" or verbose}
-    if verbose:
-        return json.dumps(shown, indent=4, sort_keys=True, default=str)
-    return json.dumps(shown, sort_keys=True, default=str)
+def _dump(res: Mapping[str, Any], pretty: bool = False) -> str:
+    """The result's JSON as the default callback dumps it (the caller drops `invocation`)."""
+    shown = {k: v for k, v in res.items() if k not in NOT_DUMPED}
+    if pretty:
+        return json.dumps(shown, indent=4, sort_keys=True, default=str, ensure_ascii=False)
+    return json.dumps(shown, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def clean_debug(res: Mapping[str, Any]) -> dict[str, Any]:
+    """What the default callback keeps of a debug result."""
+    if "msg" in res:
+        return {k: v for k, v in res.items() if k in DEBUG_ALLOWED_KEYS}
+    return {k: v for k, v in res.items() if k not in HIDE_IN_DEBUG}
 
 
 def host_label(host: str, delegated_to: str | None) -> str:
@@ -64,30 +78,37 @@ def result_text(
     verbose: bool,
     ignore_errors: bool = False,
     item: str | None = None,
+    pretty: bool | None = None,
 ) -> str:
-    """One result line (and its JSON) as the default callback prints it."""
+    """One result line (and its JSON) as the default callback prints it.
+
+    `verbose`: the JSON follows ok/skipped lines (-v, or debug); `pretty`: it is indented
+    (debug, or -vvv); by default the same as `verbose`. `ignore_errors` adds "...ignoring".
+    """
+    pretty = verbose if pretty is None else pretty
     changed = bool(res.get("changed"))
     item_part = f" => (item={item})" if item is not None else ""
+    ignoring = "\n...ignoring" if ignore_errors else ""
     if kind in ("runner_on_ok", "runner_on_async_ok"):
         word = "changed" if changed else "ok"
         if verbose:
-            return f"{word}: [{label}] => {_dump(res, True)}"
+            return f"{word}: [{label}] => {_dump(res, pretty)}"
         return f"{word}: [{label}]"
     if kind == "runner_item_on_ok":
         word = "changed" if changed else "ok"
         text = f"{word}: [{label}]{item_part}"
-        return f"{text} => {_dump(res, True)}" if verbose else text
+        return f"{text} => {_dump(res, pretty)}" if verbose else text
     if kind in ("runner_on_failed", "runner_on_async_failed"):
-        text = f"fatal: [{label}]: FAILED! => {_dump(res, verbose)}"
-        return text + ("\n...ignoring" if ignore_errors else "")
+        return f"fatal: [{label}]: FAILED! => {_dump(res, pretty)}{ignoring}"
     if kind == "runner_item_on_failed":
-        return f"failed: [{label}] (item={item}) => {_dump(res, verbose)}"
+        return f"failed: [{label}] (item={item}) => {_dump(res, pretty)}"
     if kind == "runner_on_skipped":
-        return f"skipping: [{label}]"
+        return f"skipping: [{label}] => {_dump(res, pretty)}" if verbose else f"skipping: [{label}]"
     if kind == "runner_item_on_skipped":
-        return f"skipping: [{label}]{item_part}"
+        text = f"skipping: [{label}]{item_part} "  # sic: Ansible leaves a trailing space
+        return f"{text} => {_dump(res, pretty)}" if verbose else text
     if kind == "runner_on_unreachable":
-        return f"fatal: [{label}]: UNREACHABLE! => {_dump(res, verbose)}"
+        return f"fatal: [{label}]: UNREACHABLE! => {_dump(res, pretty)}{ignoring}"
     return ""
 
 
@@ -130,8 +151,19 @@ def job_output(events: Iterable[Event], color: bool = False) -> Iterable[str]:
             continue
         code = color_for(event) if color else None
         if code and code != "0":
-            yield "\n".join(
-                f"\x1b[{code}m{line}\x1b[0m" if line else line for line in event.stdout.split("\n")
-            )
+            yield "\n".join(_colored(line, code) for line in event.stdout.split("\n"))
         else:
             yield event.stdout
+
+
+def _colored(line: str, code: str) -> str:
+    """Banners (printed with a result under the free strategy) stay plain; "...ignoring" is
+    shown in the skip colour after a red failure, as the default callback does."""
+    if not line or (line.endswith("***") and line.split(" ", 1)[0] in _BANNER_WORDS):
+        return line
+    if line == "...ignoring":
+        code = COLORS["skipped"]
+    return f"\x1b[{code}m{line}\x1b[0m"
+
+
+_BANNER_WORDS = frozenset({"PLAY", "TASK", "RUNNING"})

@@ -117,7 +117,9 @@ def verify_run(store: Store, run: RunRow, spool_dir: Path | None = None) -> Veri
                 }
             elif job and job.get("finished"):
                 launched.pop((event.host, job["jid"]), None)
-            if event.event == "runner_on_start" and data.get("async", {}).get("poll"):
+            # str(): runs recorded before the fix hold "0"/"1" strings, not ints.
+            poll = (data.get("async") or {}).get("poll")
+            if event.event == "runner_on_start" and str(poll or 0) != "0":
                 async_started[(event.host, event.task_uuid or "")] = {
                     "host": event.host,
                     "task": event.task or "",
@@ -128,6 +130,7 @@ def verify_run(store: Store, run: RunRow, spool_dir: Path | None = None) -> Veri
             "runner_on_async_failed",
             "runner_on_ok",
             "runner_on_failed",
+            "runner_on_skipped",
             "runner_on_unreachable",
         ):
             async_started.pop((event.host or "", event.task_uuid or ""), None)

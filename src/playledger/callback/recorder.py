@@ -49,6 +49,23 @@ INCLUDE_ACTIONS = frozenset(
         "ansible.legacy.include_role",
     }
 )
+# Results before which the default callback prints the task banner if it was not the last one
+# printed (always so under the free and host_pinned strategies, which print banners lazily).
+_BANNERED = frozenset(
+    {
+        "runner_on_ok",
+        "runner_on_failed",
+        "runner_on_skipped",
+        "runner_on_unreachable",
+        "runner_item_on_ok",
+        "runner_item_on_failed",
+        "runner_item_on_skipped",
+    }
+)
+# The one result per host and task that ends it (loop items come before it).
+_FINAL = frozenset(
+    {"runner_on_ok", "runner_on_failed", "runner_on_skipped", "runner_on_unreachable"}
+)
 # Result keys Ansible adds for its own plumbing; `_ansible_no_log` is kept as `no_log`.
 _INTERNAL_PREFIX = "_ansible_"
 
@@ -76,6 +93,7 @@ class _TaskRef:
     name: str
     action: str
     role: str | None
+    handler: bool = False
 
 
 @dataclass
@@ -90,6 +108,11 @@ class _Context:
     started: dict[tuple[str, str], str] = field(default_factory=dict)  # (host, task) -> time
     async_running: dict[str, _TaskRef] = field(default_factory=dict)  # host -> async task
     async_jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    lazy_banners: bool = False  # free/host_pinned: task banners are printed with a result
+    banners: dict[str, str] = field(default_factory=dict)  # task uuid -> its banner text
+    last_banner: str | None = None  # task uuid whose banner was printed last
+    # (host, notification) -> the changed task that notified it, until the handler is notified
+    notified_by: dict[tuple[str, str], _TaskRef] = field(default_factory=dict)
 
 
 def _task_role(task: Any) -> str | None:
@@ -295,6 +318,7 @@ class Recorder:
         name = play.get_name().strip()
         ctx.play = name
         ctx.play_uuid = play._uuid
+        ctx.lazy_banners = str(play.strategy).rsplit(".", 1)[-1] in ("free", "host_pinned")
         data: dict[str, Any] = {
             "play": name,
             "play_pattern": str(play.hosts) if play.hosts is not None else "",
@@ -326,16 +350,20 @@ class Recorder:
             "no_log": no_log,
         }
         event_uuid = self._uuid()
-        ref = _TaskRef(event_uuid, task._uuid, name, task.action, role)
+        ref = _TaskRef(event_uuid, task._uuid, name, task.action, role, handler)
         ctx.tasks[task._uuid] = ref
         prefix = "RUNNING HANDLER" if handler else "TASK"
         label = f"{role} : {name}" if role and not name.startswith(f"{role} :") else name
+        banner = render.banner(f"{prefix} [{label}]")
+        ctx.banners[task._uuid] = banner
+        if not ctx.lazy_banners:
+            ctx.last_banner = task._uuid
         self.emit(
             "playbook_on_handler_task_start" if handler else "playbook_on_task_start",
             data,
             parent=ctx.play_event,
             task=ref,
-            stdout=render.banner(f"{prefix} [{label}]"),
+            stdout="" if ctx.lazy_banners else banner,
             event_uuid=event_uuid,
         )
 
@@ -349,14 +377,18 @@ class Recorder:
         data: dict[str, Any] = {"host": hostname, "task": ref.name}
         async_val = getattr(task, "async_val", 0)
         if async_val and isinstance(async_val, int) and async_val > 0:
-            data["async"] = {"async_val": async_val, "poll": getattr(task, "poll", None)}
-            if getattr(task, "poll", 0):
+            poll = getattr(task, "poll", 0)
+            # int(): Ansible 2.19 hands tagged int subclasses, which would be encoded as strings.
+            data["async"] = {"async_val": int(async_val), "poll": int(poll or 0)}
+            if poll:
                 ctx.async_running[hostname] = ref
         self.emit("runner_on_start", data, parent=ref.event_uuid or None, host=hostname, task=ref)
 
-    def result(self, name: str, result: Any, ignore_errors: bool = False) -> None:
+    def result(
+        self, name: str, result: Any, ignore_errors: bool = False, diff_text: str = ""
+    ) -> None:
         """Every per-host result callback: ok, failed, skipped, unreachable, items, retries,
-        async polls and outcomes, file diffs."""
+        async polls and outcomes, file diffs (`diff_text`: the diff as Ansible prints it)."""
         ctx = self._ctx
         task = result.task
         raw: Mapping[str, Any] = result.result
@@ -389,8 +421,9 @@ class Recorder:
             if running is not None:
                 data["async_status_task_uuid"] = task._uuid
                 ref = running
-            if name != "runner_on_async_poll":
-                ctx.async_running.pop(hostname, None)
+        elif running is not None and running.uuid == task._uuid and name in _FINAL:
+            # Only the task's own result ends it: a looped task polls once per item.
+            ctx.async_running.pop(hostname, None)
         if jid:
             key = (hostname, str(jid))
             launched = ctx.async_jobs.get(key)
@@ -415,13 +448,22 @@ class Recorder:
         item: str | None = None
         if name.startswith("runner_item_on_"):
             label = raw.get("_ansible_item_label", raw.get(raw.get("ansible_loop_var", "item")))
-            item = "(censored)" if no_log else str(label)
+            item = "(censored due to no_log)" if no_log else str(label)
             data["item"] = item
         if name == "runner_retry":
             data["retries"] = raw.get("retries")
             data["attempts"] = raw.get("attempts")
 
         stdout = self._result_stdout(name, hostname, task, raw, res, ignore_errors, item)
+        if name == "runner_on_file_diff" and not no_log:
+            stdout = diff_text
+        if name in _BANNERED and ctx.last_banner != ref.uuid and ref.uuid in ctx.banners:
+            stdout = ctx.banners[ref.uuid] + ("\n" + stdout if stdout else "")
+            ctx.last_banner = ref.uuid
+        # A handler's own notifications reach `notify` before its result: only tasks are kept.
+        if name in ("runner_on_ok", "runner_item_on_ok") and raw.get("changed") and not ref.handler:
+            for notification in getattr(task, "notify", None) or ():
+                ctx.notified_by.setdefault((hostname, str(notification)), ref)
         failed = name in ("runner_on_failed", "runner_item_on_failed", "runner_on_async_failed")
         failed = failed or name == "runner_on_unreachable"
         event_uuid = self.emit(
@@ -448,7 +490,13 @@ class Recorder:
         item: str | None,
     ) -> str:
         label = render.host_label(hostname, getattr(task, "delegate_to", None))
-        verbose = bool(raw.get("_ansible_verbose_always")) or self.config.verbosity > 0
+        # As CallbackBase._run_is_verbose and _dump_results decide.
+        verbosity = self.config.verbosity
+        always = bool(raw.get("_ansible_verbose_always"))
+        verbose = (always or verbosity > 0) and not raw.get("_ansible_verbose_override")
+        pretty = always or verbosity > 2
+        if verbosity < 3:
+            res = {k: v for k, v in res.items() if k not in ("invocation", "diff")}
         if name == "runner_retry":
             left = (raw.get("retries") or 0) - (raw.get("attempts") or 0)
             return f"FAILED - RETRYING: [{label}]: {task.get_name().strip()} ({left} retries left)."
@@ -465,29 +513,46 @@ class Recorder:
             return ""
         looped = bool(getattr(task, "loop", None)) and "results" in raw
         if looped and name in ("runner_on_ok", "runner_on_failed"):
-            return ""  # the items were shown one by one
-        if name == "runner_on_ok" and task.action in INCLUDE_ACTIONS:
-            return ""
+            # the items were shown one by one
+            return "...ignoring" if name == "runner_on_failed" and ignore_errors else ""
+        if name in ("runner_on_ok", "runner_item_on_ok") and task.action in INCLUDE_ACTIONS:
+            return ""  # shown as "included: ..." lines
+        if name == "runner_on_unreachable":
+            ignore_errors = bool(getattr(task, "ignore_unreachable", False))
         if task.action in render.DEBUG_ACTIONS:
-            res = {k: v for k, v in res.items() if k not in render.HIDE_IN_DEBUG}
-        return render.result_text(name, label, res, verbose, ignore_errors, item)
+            res = render.clean_debug(res)
+        return render.result_text(name, label, res, verbose, ignore_errors, item, pretty)
 
     def include(self, included_file: Any) -> None:
         task = included_file._task
         ref = self._task_ref(task)
         hosts = [h.get_name() for h in included_file._hosts]
         path = str(included_file._filename)
+        data: dict[str, Any] = {"included_file": path, "hosts": hosts}
+        stdout = f"included: {path} for {', '.join(hosts)}"
+        included_vars = getattr(included_file, "_vars", None) or {}
+        label = included_vars.get("_ansible_item_label", included_vars.get("item"))
+        if label:  # an include in a loop: one event per item
+            data["item"] = "(censored due to no_log)" if _is_no_log(task) else str(label)
+            stdout += f" => (item={data['item']})"
         self.emit(
             "playbook_on_include",
-            {"included_file": path, "hosts": hosts},
+            data,
             parent=ref.event_uuid or self._ctx.play_event,
             task=ref,
-            stdout=f"included: {path} for {', '.join(hosts)}",
+            stdout=stdout,
         )
 
     def notify(self, handler: Any, host: Any) -> None:
+        """Linked to the task that notified: Ansible calls this when the handlers are flushed
+        (or at once from a running handler), so the host's current task may be another one."""
         hostname = host.get_name()
         current = self._ctx.host_task.get(hostname)
+        listen = getattr(handler, "listen", None) or []
+        listen = [listen] if isinstance(listen, str) else list(listen)
+        names = [handler.get_name(), getattr(handler, "name", None), *listen]
+        notifiers = [self._ctx.notified_by.pop((hostname, str(n)), None) for n in names]
+        current = next((n for n in notifiers if n is not None), current)
         self.emit(
             "playbook_on_notify",
             {"handler": handler.get_name(), "host": hostname},

@@ -164,7 +164,23 @@ class CallbackModule(CallbackBase):
         self.rec.result("runner_retry", result)
 
     def v2_on_file_diff(self, result: Any) -> None:
-        self.rec.result("runner_on_file_diff", result)
+        self.rec.result("runner_on_file_diff", result, diff_text=self._diff_text(result))
+
+    def _diff_text(self, result: Any) -> str:
+        """The diff text the default callback prints (rendered with Ansible's own _get_diff)."""
+        res = result.result
+        if result.task.loop and "results" in res:
+            diffs = [r["diff"] for r in res["results"] if r.get("diff") and r.get("changed")]
+        elif res.get("diff") and res.get("changed"):
+            diffs = [res["diff"]]
+        else:
+            return ""
+        try:
+            texts = [self._get_diff(diff) for diff in diffs]
+        except Exception as exc:  # only the shown text is lost; the diff stays in event_data
+            return f"(diff not rendered: {type(exc).__name__}: {exc})"
+        shown = "".join(t if t.endswith("\n") else t + "\n" for t in texts if t)
+        return shown[:-1]  # the job output adds the final newline
 
     def v2_playbook_on_include(self, included_file: Any) -> None:
         self.rec.include(included_file)
