@@ -414,7 +414,10 @@ def ship(
                     f"{settings.spool_dir / (r.run + '.spool')} quarantined",
                     err=True,
                 )
-        if r.busy:
+        if r.conflict:
+            failed = True
+            click.echo(f"playledger: error: {r.conflict}", err=True)
+        elif r.busy:
             click.echo(f"run {r.run}: being shipped by another process; skipped")
         elif r.left_records and not r.finished:
             failed = failed or r.last_error is not None

@@ -35,3 +35,26 @@ class StoreError(PlayledgerError):
 
 class StoreBusy(StoreError):
     """The store is locked or unavailable for now; the caller retries with backoff."""
+
+
+class RunConflict(PlayledgerError):
+    """A record collides with a *different* record already stored under the same run and
+    counter (a reused run id). Never counted as a duplicate, never retried: the spool is kept
+    and the conflict reported, so neither run's events are lost."""
+
+
+class BatchRejected(PlayledgerError):
+    """The next hop refused records as malformed, for good: retrying cannot help.
+
+    Deliberately not a StoreError (which means "retry later"): the shipper quarantines the
+    rejected records loudly instead of retrying them forever. `rejected` maps the index of
+    each refused record in the batch to the reason; empty means the whole batch.
+    """
+
+    def __init__(self, message: str, rejected: dict[int, str] | None = None) -> None:
+        super().__init__(message)
+        self.rejected = rejected or {}
+
+
+class TokenNotFound(UsageError):
+    pass

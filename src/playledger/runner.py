@@ -117,6 +117,8 @@ def run_playbook(args: Sequence[str], settings: Settings) -> RunOutcome:
             start_new_session=True,  # Ctrl-C stops Ansible, not the shipper draining its events
         )
         rc = ansible.wait()
+        if rc < 0:  # killed by a signal: report it the way a shell does (128 + signal)
+            rc = 128 - rc
         shipper_rc = shipper.wait()
     finally:
         for signum, handler in previous.items():

@@ -52,6 +52,19 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return cast
 
 
+def _port(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 65535:
+        raise ValueError("must be a TCP port (1-65535)")
+    return number
+
+
+def _sink_url(value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("must be empty (store directly) or an http:// or https:// URL")
+    return value.rstrip("/")
+
+
 def _regex(value: str) -> str:
     if value:
         re.compile(value)
@@ -73,7 +86,8 @@ SETTINGS: tuple[Setting, ...] = (
         "PLAYLEDGER_DB",
         str,
         lambda: str(_data_dir() / "playledger.db"),
-        "Store to record into: a SQLite file path (the embedded default).",
+        "Store to record into: a SQLite file path (the embedded default) or a "
+        "postgresql://user@host:port/dbname URL (run 'playledger db upgrade' first).",
     ),
     Setting(
         "spool_dir",
@@ -144,6 +158,90 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds one store write waits for a lock held by another process before the shipper "
         "backs off and retries.",
     ),
+    Setting(
+        "db_pool_size",
+        "PLAYLEDGER_DB_POOL_SIZE",
+        _positive_int,
+        lambda: "4",
+        "PostgreSQL: most connections one process keeps open to the store (a bounded pool; "
+        "never a connection per event or request).",
+    ),
+    # --- server and HTTP sink (docs/server.md) ---
+    Setting(
+        "sink",
+        "PLAYLEDGER_SINK",
+        _sink_url,
+        lambda: "",
+        "Where the shipper delivers: empty = straight into PLAYLEDGER_DB; "
+        "http://host:port = a 'playledger serve' (needs PLAYLEDGER_TOKEN with the ingest scope).",
+    ),
+    Setting(
+        "token",
+        "PLAYLEDGER_TOKEN",
+        str,
+        lambda: "",
+        "Bearer token the HTTP sink (and 'playledger run' reading the verify report) sends.",
+    ),
+    Setting(
+        "serve_host",
+        "PLAYLEDGER_SERVE_HOST",
+        str,
+        lambda: "127.0.0.1",
+        "Address 'playledger serve' binds; anything but loopback requires PLAYLEDGER_AUTH=on.",
+    ),
+    Setting(
+        "serve_port",
+        "PLAYLEDGER_SERVE_PORT",
+        _port,
+        lambda: "8787",
+        "TCP port 'playledger serve' listens on.",
+    ),
+    Setting(
+        "auth",
+        "PLAYLEDGER_AUTH",
+        _choice("on", "off"),
+        lambda: "on",
+        "Server: 'on' requires a bearer token (ingest, read or admin scope) on every API call; "
+        "'off' is allowed only on a loopback address.",
+    ),
+    Setting(
+        "max_batch_bytes",
+        "PLAYLEDGER_MAX_BATCH_BYTES",
+        _positive_int,
+        lambda: str(32 << 20),
+        "Server: largest ingest body (after decompression) in bytes; a larger body is refused "
+        "(413) unless it holds one record (the HTTP sink sends an oversized record alone).",
+    ),
+    Setting(
+        "max_batch_records",
+        "PLAYLEDGER_MAX_BATCH_RECORDS",
+        _positive_int,
+        lambda: "10000",
+        "Server: most records in one ingest batch (413 beyond; the HTTP sink splits and resends).",
+    ),
+    Setting(
+        "max_event_bytes",
+        "PLAYLEDGER_MAX_EVENT_BYTES",
+        _positive_int,
+        lambda: str(1 << 20),
+        "Server: largest encoded event from other producers; an event sealed by the playledger "
+        "callback (its hash recomputes) is stored whatever its size.",
+    ),
+    Setting(
+        "ingest_queue",
+        "PLAYLEDGER_INGEST_QUEUE",
+        _positive_int,
+        lambda: "32",
+        "Server: ingest batches in flight at once (read, queued or committing); beyond it the "
+        "server answers 503 with Retry-After instead of buffering.",
+    ),
+    Setting(
+        "http_timeout",
+        "PLAYLEDGER_HTTP_TIMEOUT",
+        _positive_float,
+        lambda: "60",
+        "HTTP sink: seconds one request may take (connect, send, commit, answer).",
+    ),
 )
 
 
@@ -159,6 +257,17 @@ class Settings:
     batch_size: int
     ship_timeout: float
     busy_timeout: float
+    db_pool_size: int
+    sink: str
+    token: str
+    serve_host: str
+    serve_port: int
+    auth: str
+    max_batch_bytes: int
+    max_batch_records: int
+    max_event_bytes: int
+    ingest_queue: int
+    http_timeout: float
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import msgspec
 
-from playledger.errors import StoreError
-from playledger.events import Record, record_decoder
+from playledger.errors import RunConflict, StoreError
+from playledger.events import Record, RunStart, record_decoder
 from playledger.spool import HEADER, Bad, SpoolFile, list_runs, writer_alive
 from playledger.store.base import Store
 
@@ -39,6 +39,7 @@ class ShipReport:
     left_records: int = 0  # still in the spool when the shipper gave up or the run goes on
     busy: bool = False  # another shipper holds this spool
     last_error: str | None = None
+    conflict: str | None = None  # a reused run id: nothing more shipped, the spool kept
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,6 +83,26 @@ def _decode(spool: SpoolFile, payloads: list[tuple[int, bytes]]) -> tuple[list[R
             start = end - len(payload) - HEADER.size
             bad.append(Bad(start, end - start, f"undecodable record: {exc}"))
     return records, bad
+
+
+def _writer_exited(spool: SpoolFile, follow_pid: int) -> bool:
+    """True when the followed process wrote this spool (its RunStart says so) and has exited.
+
+    A child forked without Python's at-fork handlers (SpoolWriter drops the fd in those that
+    run them) keeps the spool's fd and so its flock, maybe for minutes after the writer was
+    killed; but only the process that wrote RunStart appends, so once it is gone the spool is
+    final even while the lock is still held.
+    """
+    if pid_alive(follow_pid):
+        return False
+    first = spool.read(0, final=False, max_records=1, max_bytes=1 << 16)
+    if not first.records:
+        return False
+    try:
+        start = record_decoder.decode(first.records[0][1])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False  # cannot tell: trust the lock
+    return isinstance(start, RunStart) and start.pid == follow_pid
 
 
 def ship_spool(
@@ -129,6 +150,8 @@ def _ship_locked(
     while True:
         exists = spool.path.exists()
         writing = writer_alive(spool.path)
+        if writing and follow_pid is not None and _writer_exited(spool, follow_pid):
+            writing = False
         waiting_for_start = follow_pid is not None and not exists and pid_alive(follow_pid)
         run_over = not writing and not waiting_for_start
         if run_over and deadline is None:
@@ -142,6 +165,12 @@ def _ship_locked(
         if records:
             try:
                 result = store.ingest(records)
+            except RunConflict as exc:
+                # Not retryable and not droppable: keep the spool, say so, stop this run.
+                report.conflict = str(exc)
+                report.left_records = spool.backlog()[0]
+                log.error("run %s: %s", spool.run, exc)
+                return
             except StoreError as exc:
                 committed = False
                 report.last_error = str(exc)

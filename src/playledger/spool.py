@@ -19,6 +19,7 @@ import json
 import os
 import struct
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 import msgspec
 
 from playledger.errors import SpoolError
+from playledger.settings import FSYNC_POLICIES
 
 MAGIC = b"PLR1"
 HEADER = struct.Struct("<4sII")
@@ -77,6 +79,8 @@ class SpoolWriter:
         self._policy = fsync
         self._interval = fsync_interval
         self._clock = clock
+        if fsync not in FSYNC_POLICIES:  # a typo must not quietly mean "never fsync"
+            raise SpoolError(f"unknown fsync policy {fsync!r}: use {', '.join(FSYNC_POLICIES)}")
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             raise SpoolError(f"{path} exists: a run's spool is never reused")
@@ -85,13 +89,38 @@ class SpoolWriter:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
         self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(tmp, path)
+        try:
+            # link, not rename: a rename would silently replace a spool another writer of the
+            # same run id created since the check above, and its records would be gone.
+            os.link(tmp, path)
+        except FileExistsError:
+            os.unlink(tmp)
+            os.close(self._fd)
+            raise SpoolError(f"{path} exists: a run's spool is never reused") from None
+        except OSError:
+            os.rename(tmp, path)  # a file system without hard links: no better than rename
+        else:
+            os.unlink(tmp)
         _fsync_dir(path.parent)  # the new file's name survives a power loss
         self._size = 0
         self._last_sync = clock()
         self._dirty = False
+        os.register_at_fork(after_in_child=_in_forked_child(weakref.ref(self)))
+
+    def _forked(self) -> None:
+        """In a forked child (an Ansible worker): drop the inherited fd without unlocking.
+
+        The flock belongs to the open file shared with the parent; while any child keeps the
+        fd, the lock outlives a killed writer and readers would wait for orphaned workers.
+        Closed here, the lock ends with the writer process, and a child can never append.
+        """
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def append(self, payload: bytes) -> None:
+        if self._fd < 0:
+            raise SpoolError(f"{self.path}: writer closed, or inherited by a forked process")
         data = frame(payload)
         try:
             written = os.write(self._fd, data)
@@ -124,6 +153,15 @@ class SpoolWriter:
         finally:
             os.close(self._fd)  # also releases the flock
             self._fd = -1
+
+
+def _in_forked_child(ref: weakref.ref[SpoolWriter]) -> Callable[[], None]:
+    def forked() -> None:
+        writer = ref()
+        if writer is not None:
+            writer._forked()
+
+    return forked
 
 
 @dataclass
@@ -171,11 +209,20 @@ def _valid_at(buf: bytes, pos: int) -> int:
     return HEADER.size + length
 
 
+def _incomplete_at(buf: bytes, pos: int) -> bool:
+    """True if the bytes at `pos` are the start of a record that continues past the buffer."""
+    if pos + HEADER.size > len(buf):
+        return MAGIC.startswith(buf[pos : pos + len(MAGIC)])
+    magic, length, _ = HEADER.unpack_from(buf, pos)
+    return bool(magic == MAGIC and length <= MAX_RECORD and pos + HEADER.size + length > len(buf))
+
+
 def parse(buf: bytes, base: int, final: bool, max_records: int) -> Chunk:
     """Split `buf` (file bytes from offset `base`) into records and bad ranges.
 
-    With `final` (no live writer) every byte is accounted for: an incomplete or invalid tail is
-    reported as torn. Without it an incomplete tail is left alone: the writer is still on it.
+    With `final` (no live writer, nothing after `buf`) every byte is accounted for: an incomplete
+    or invalid tail is reported as torn. Without it an incomplete tail is left alone: the writer
+    is still on it (or the caller read only part of the file).
     """
     chunk = Chunk(end=base)
     pos = 0
@@ -186,23 +233,21 @@ def parse(buf: bytes, base: int, final: bool, max_records: int) -> Chunk:
             chunk.records.append((base + pos + n, buf[pos + HEADER.size : pos + n]))
             pos += n
             continue
-        incomplete = False
-        if pos + HEADER.size > size:
-            incomplete = True
-        else:
-            magic, length, _ = HEADER.unpack_from(buf, pos)
-            incomplete = (
-                magic == MAGIC and length <= MAX_RECORD and pos + HEADER.size + length > size
-            )
-        if incomplete and not final:
+        if not final and _incomplete_at(buf, pos):
             break
-        # Resynchronise: the next offset where a whole valid record starts.
+        # Resynchronise: the next offset where a whole valid record starts (or, without
+        # `final`, where one may start and continue past the buffer).
         nxt = buf.find(MAGIC, pos + 1)
-        while nxt != -1 and _valid_at(buf, nxt) < 0:
+        while nxt != -1 and _valid_at(buf, nxt) < 0 and (final or not _incomplete_at(buf, nxt)):
             nxt = buf.find(MAGIC, nxt + 1)
+        if nxt == -1 and not final:
+            # No record can start before the last len(MAGIC)-1 bytes (a MAGIC cut by the end
+            # of the buffer): report what is certainly bad now, so that a corrupt range
+            # larger than one read still makes progress.
+            nxt = size - (len(MAGIC) - 1)
+            if nxt <= pos:
+                break
         if nxt == -1:
-            if not final:
-                break  # maybe the writer has not finished the next record; decide later
             chunk.bad.append(Bad(base + pos, size - pos, "torn tail (incomplete record)"))
             pos = size
         else:

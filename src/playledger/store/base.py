@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from playledger.events import Event, RunEnd, RunStart
@@ -56,6 +57,15 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
+class PurgeResult:
+    """What `purge` removed: whole runs (with their events and host summaries)."""
+
+    runs: int
+    events: int
+    partitions: list[str]  # PostgreSQL: the day partitions dropped whole; SQLite: none
+
+
+@dataclass(frozen=True)
 class EventFilter:
     host: str | None = None
     event: str | None = None
@@ -64,6 +74,55 @@ class EventFilter:
     changed: bool | None = None
     min_counter: int | None = None
     max_counter: int | None = None
+
+
+# --- read API rows ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """Filters for listing runs, newest first; `before_id` is the keyset cursor (id < it)."""
+
+    status: str | None = None
+    playbook: str | None = None  # substring of the playbook path
+    since: str | None = None  # started >= this ISO time
+    until: str | None = None  # started < this ISO time
+    before_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RunLag:
+    """A run not yet fully stored: its final record has not arrived or events are missing."""
+
+    id: int
+    uuid: str
+    emitted: int | None
+    stored: int
+    max_counter: int
+
+    @property
+    def lag(self) -> int:
+        """emitted - stored once the final record is in; before it, holes below max_counter."""
+        return (self.emitted if self.emitted is not None else self.max_counter) - self.stored
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    in_use: int
+    size: int  # writer connections; the API runs this many writer threads
+
+
+TOKEN_SCOPES = ("ingest", "read", "admin")
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    id: int
+    name: str
+    scope: str  # ingest | read | admin (admin implies the others)
+    prefix: str  # the first characters of the token, to recognise it; never the token
+    created: str
+    revoked: str | None = None
 
 
 class Store(Protocol):
@@ -78,6 +137,10 @@ class Store(Protocol):
         ...
 
     def set_exit_code(self, run_uuid: str, exit_code: int) -> None: ...
+
+    def purge(self, before: datetime) -> PurgeResult:
+        """Remove the runs recorded before `before` (an aware datetime) and all they hold."""
+        ...
 
     def runs(self, limit: int = 50) -> list[RunRow]: ...
 
@@ -101,6 +164,64 @@ class Store(Protocol):
 
     def host_summaries(self, run_id: int) -> list[HostSummary] | None:
         """From the run's stats event; None when no stats event is stored."""
+        ...
+
+    # --- read API ---------------------------------------------------------------------------
+    # Called by the HTTP API from many threads at once; each call sees committed data only.
+
+    def list_runs(self, query: RunQuery, limit: int) -> list[RunRow]:
+        """Runs matching `query`, newest (highest id) first, at most `limit`."""
+        ...
+
+    def count_runs(self, query: RunQuery) -> int:
+        """How many runs match `query` (its `before_id` is ignored)."""
+        ...
+
+    def event_page(
+        self,
+        run_id: int,
+        filters: EventFilter | None = None,
+        after: int = 0,
+        limit: int = 200,
+        offset: int = 0,
+    ) -> list[Event]:
+        """Up to `limit` events with counter > `after`, in counter order (keyset pagination).
+
+        `offset` skips that many more matches (AWX page numbers); keyset is the fast path.
+        """
+        ...
+
+    def max_counter(self, run_id: int) -> int:
+        """The highest stored counter of the run (0 when none)."""
+        ...
+
+    def stdout_lines_before(self, run_id: int, counter: int) -> int:
+        """Lines of job output before event `counter` (AWX start_line): each event with a
+        non-empty stdout contributes its line count."""
+        ...
+
+    def open_runs(self, limit: int = 1000) -> list[RunLag]:
+        """Runs still running, or finished with fewer events stored than emitted."""
+        ...
+
+    def pool_stats(self) -> PoolStats:
+        """Writer connections in use / available (SQLite: one writer, always open)."""
+        ...
+
+    # tokens: only a digest of each token is stored
+
+    def add_token(self, name: str, scope: str, digest: str, prefix: str, created: str) -> TokenRow:
+        """Store a new token's digest; names are unique among tokens not revoked."""
+        ...
+
+    def tokens(self) -> list[TokenRow]: ...
+
+    def token_by_digest(self, digest: str) -> TokenRow | None:
+        """The token with this digest unless it is revoked."""
+        ...
+
+    def revoke_token(self, ref: str, when: str) -> TokenRow:
+        """Revoke by id or name; raises TokenNotFound."""
         ...
 
     def close(self) -> None: ...

@@ -1,0 +1,300 @@
+"""POST /api/v1/ingest: bounded in-flight batches, strict decoding, one writer per connection.
+
+A batch is answered 200 only after the store committed it. The number of batches in flight
+(being read, decoded, queued or committing) has a fixed bound; past it the server answers 503
+with Retry-After and buffers nothing. Writes go through writer threads that own the store's
+write side: SQLite gets exactly one (one connection, one thread, STYLE #5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import zstandard
+from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from playledger.api.auth import require
+from playledger.api.schema import (
+    ApiError,
+    IngestResponse,
+    Limits,
+    decode_batch,
+    exit_code_decoder,
+    json_response,
+    ref,
+)
+from playledger.api.state import state
+from playledger.events import Event
+from playledger.spool import MAX_RECORD
+from playledger.store.base import Store
+
+log = logging.getLogger("playledger.api")
+T = TypeVar("T")
+
+RETRY_AFTER = "1"  # seconds; the sink adds jitter
+HARD_MAX = MAX_RECORD + (1 << 20)  # one record as large as a spool can frame, plus framing
+ENCODINGS = ("", "identity", "gzip", "zstd")
+
+
+class Gate:
+    """A fixed bound on batches in flight, plus one slot for an oversized single-record body.
+
+    Used only from the event loop, so plain integers suffice.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.depth = 0
+        self.big_in_use = False
+
+    def enter(self) -> bool:
+        if self.depth >= self.size:
+            return False
+        self.depth += 1
+        return True
+
+    def leave(self) -> None:
+        self.depth -= 1
+
+
+class Writer:
+    """Threads that run every store write; `threads` is the store's writer pool size."""
+
+    def __init__(
+        self, store: Store, threads: int, on_commit: Callable[[float], None] | None = None
+    ) -> None:
+        self.store = store
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"playledger-writer-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any], bool] | None] = (
+            queue.Queue()  # bounded by the Gate: only admitted batches are ever submitted
+        )
+        self._on_commit = on_commit
+        self._started = False
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+        self._started = True
+
+    def stop(self) -> None:
+        """Finish what was submitted, then end the threads."""
+        if not self._started:
+            return
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join(timeout=60)
+        self._started = False
+
+    def submit(self, fn: Callable[[], T], timed: bool = False) -> Future[T]:
+        if not self._started:
+            raise ApiError(503, "not_ready", "the server is starting or stopping", headers={
+                "Retry-After": RETRY_AFTER
+            })  # fmt: skip
+        future: Future[T] = Future()
+        self._jobs.put((fn, future, timed))
+        return future
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, future, timed = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            started = time.perf_counter()
+            try:
+                result = fn()
+            except BaseException as exc:  # handed to the waiting request, which answers 5xx
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+                if timed and self._on_commit is not None:
+                    self._on_commit(time.perf_counter() - started)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    d = zlib.decompressobj(wbits=31)
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ApiError(400, "bad_encoding", f"the gzip body cannot be decompressed: {exc}") from exc
+    if len(out) > limit:
+        raise _TooLarge
+    if not d.eof or d.unused_data:
+        raise ApiError(400, "bad_encoding", "the gzip body is truncated or has trailing bytes")
+    return out
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    out = io.BytesIO()
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+        with reader:
+            while chunk := reader.read(1 << 20):
+                out.write(chunk)
+                if out.tell() > limit:
+                    raise _TooLarge
+    except zstandard.ZstdError as exc:
+        raise ApiError(400, "bad_encoding", f"the zstd body cannot be decompressed: {exc}") from exc
+    return out.getvalue()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
+    if encoding == "gzip":
+        return _gunzip(data, limit)
+    if encoding == "zstd":
+        return _unzstd(data, limit)
+    if len(data) > limit:
+        raise _TooLarge
+    return data
+
+
+def _too_large(size: str) -> ApiError:
+    return ApiError(413, "body_too_large", f"ingest body larger than {size}")
+
+
+def _busy(message: str) -> ApiError:
+    return ApiError(503, "busy", message, headers={"Retry-After": RETRY_AFTER})
+
+
+async def _read_body(request: Request, limits: Limits, gate: Gate) -> tuple[bytes, bool]:
+    """The decompressed body and whether it holds the oversized-body slot (caller frees it).
+
+    Up to max_batch_bytes for any batch; beyond, up to one spool record's ceiling, and only
+    one such body at a time (it must turn out to be a single record, see decode_batch).
+    """
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ENCODINGS:
+        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip or zstd")
+    raw = bytearray()
+    big = False
+    try:
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > HARD_MAX:
+                raise _too_large(f"{HARD_MAX:,} bytes (one spool record)")
+            if len(raw) > limits.max_batch_bytes and not big:
+                big = _take_big(gate)
+        try:
+            body = await run_in_threadpool(_decompress, bytes(raw), encoding, limits.max_batch_bytes)
+        except _TooLarge:
+            big = big or _take_big(gate)
+            try:
+                body = await run_in_threadpool(_decompress, bytes(raw), encoding, HARD_MAX)
+            except _TooLarge:
+                raise _too_large(f"{HARD_MAX:,} bytes (one spool record)") from None
+    except BaseException:
+        if big:
+            gate.big_in_use = False
+        raise
+    return body, big
+
+
+def _take_big(gate: Gate) -> bool:
+    if gate.big_in_use:
+        raise _busy("another oversized batch is being received; retry")
+    gate.big_in_use = True
+    return True
+
+
+router = APIRouter(tags=["ingest"])
+
+
+@router.post(
+    "/api/v1/ingest",
+    summary="Store a batch of records (all or nothing)",
+    description=(
+        "Body: a JSON array of records exactly as the playledger callback writes them "
+        "(`kind`: run, event or end), optionally gzip or zstd (Content-Encoding). Answered 200 "
+        "only after the store committed the batch; records already stored count as duplicates. "
+        "A malformed batch is refused whole (400) naming every bad record by index; 413 when "
+        "too large (split it); 503 with Retry-After when the server is at capacity."
+    ),
+    responses={200: ref("IngestResponse"), 400: ref("ErrorBody"), 413: ref("ErrorBody")},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "array", "items": {}}}},
+        }
+    },
+)
+async def ingest(request: Request, _: object = Depends(require("ingest"))) -> Response:
+    st = state(request)
+    s = st.settings
+    limits = Limits(s.max_batch_bytes, s.max_batch_records, s.max_event_bytes)
+    if not st.gate.enter():
+        st.metrics.throttled.inc()
+        raise _busy(f"{st.gate.size} ingest batches in flight (PLAYLEDGER_INGEST_QUEUE); retry")
+    big = False
+    try:
+        body, big = await _read_body(request, limits, st.gate)
+        try:
+            records = await run_in_threadpool(decode_batch, body, limits)
+        except ApiError as exc:
+            reason = "invalid" if exc.status == 400 else "too_large"
+            st.metrics.rejected.labels(reason).inc()
+            st.metrics.quarantined.inc(len(exc.errors))
+            raise
+        del body
+        future = st.writer.submit(lambda: st.store.ingest(records), timed=True)
+        result = await asyncio.wrap_future(future)
+    finally:
+        st.gate.leave()
+        if big:
+            st.gate.big_in_use = False
+    st.metrics.ingested.inc(result.inserted)
+    st.metrics.duplicates.inc(result.duplicates)
+    return json_response(IngestResponse(len(records), result.inserted, result.duplicates))
+
+
+@router.post(
+    "/api/v1/runs/{run_uuid}/aborted",
+    summary="Mark a run whose writer died without its final record (spool fully drained)",
+)
+async def mark_aborted(
+    request: Request, run_uuid: str, _: object = Depends(require("ingest"))
+) -> Response:
+    st = state(request)
+    await asyncio.wrap_future(st.writer.submit(lambda: st.store.mark_aborted(run_uuid)))
+    return json_response({"run": run_uuid, "ok": True})
+
+
+@router.post(
+    "/api/v1/runs/{run_uuid}/exit-code",
+    summary="Record ansible-playbook's exit code (body: {\"exit_code\": N})",
+)
+async def set_exit_code(
+    request: Request, run_uuid: str, _: object = Depends(require("ingest"))
+) -> Response:
+    st = state(request)
+    body = await request.body()
+    try:
+        code = exit_code_decoder.decode(body).exit_code
+    except Exception as exc:  # msgspec's DecodeError / ValidationError
+        raise ApiError(400, "invalid_body", f"expected {{\"exit_code\": <int>}}: {exc}") from exc
+    st.store.run(run_uuid)  # 404 for an unknown run (RunNotFound -> handler)
+    await asyncio.wrap_future(st.writer.submit(lambda: st.store.set_exit_code(run_uuid, code)))
+    return json_response({"run": run_uuid, "exit_code": code})
+
+
+def sealed_sizes(records: list[Event]) -> int:
+    """Bytes of event payloads (for logs)."""
+    return sum(len(bytes(e.event_data)) + len(e.stdout) for e in records)
