@@ -9,6 +9,7 @@ hands over plain values and Ansible objects are only read through duck-typed att
 from __future__ import annotations
 
 import atexit
+import functools
 import getpass
 import os
 import re
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from playledger import __version__, render
 from playledger.events import (
@@ -137,6 +138,52 @@ def _censor(res: Mapping[str, Any]) -> dict[str, Any]:
     return {"censored": CENSORED, **kept}
 
 
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _host_name(obj: Any) -> str | None:
+    host = getattr(obj, "host", obj)  # a task result carries .host; runner_on_start gets a host
+    try:
+        return str(host.get_name())
+    except Exception:
+        return None
+
+
+def one_event(fixed: str | None = None) -> Callable[[_F], _F]:
+    """Guarantee one event per callback even when building its details fails.
+
+    If the handler raises before its event reached the spool, a minimal event with the error
+    is appended instead, then the error is re-raised so Ansible shows it as a warning. A
+    failure of the append itself is re-raised as is (it is counted in the final record).
+    `fixed` names the event; without it the handler's first argument is the name.
+    """
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def handler(self: Recorder, *args: Any, **kwargs: Any) -> None:
+            local = self._local
+            local.emitted = local.append_failed = False
+            try:
+                fn(self, *args, **kwargs)
+            except Exception as exc:
+                if local.emitted or local.append_failed:
+                    raise
+                name = fixed or str(args[0])
+                subject = args[0] if fixed else (args[1] if len(args) > 1 else None)
+                host = _host_name(subject) if name.startswith("runner_") else None
+                self.emit(
+                    name,
+                    {"playledger_error": f"{type(exc).__name__}: {exc}", "host": host},
+                    parent=self._ctx.play_event or self._ctx.playbook_event,
+                    host=host,
+                )
+                raise
+
+        return handler  # type: ignore[return-value]
+
+    return wrap
+
+
 class Recorder:
     """One per ansible-playbook process: counter, hash chain, spool writer."""
 
@@ -151,6 +198,7 @@ class Recorder:
         self._uuid = new_uuid
         self.run = config.run_id or new_uuid()
         self._lock = threading.Lock()
+        self._local = threading.local()  # per calling thread: did this callback emit yet?
         self._writer: SpoolWriter | None = None
         self._counter = 0
         self._prev = GENESIS_HASH
@@ -277,9 +325,11 @@ class Recorder:
                 # Counted in the final record and raised: Ansible shows it as a warning and
                 # `playledger run` exits non-zero. The counter is not consumed, so no hole.
                 self._errors += 1
+                self._local.append_failed = True
                 raise
             self._counter = event.counter
             self._prev = digest
+            self._local.emitted = True
         return uuid
 
     def close(self) -> None:
@@ -306,6 +356,7 @@ class Recorder:
             ref = _TaskRef("", task._uuid, task.get_name().strip(), task.action, _task_role(task))
         return ref
 
+    @one_event("playbook_on_start")
     def playbook_on_start(self, playbook: Any) -> None:
         path = str(getattr(playbook, "_file_name", "") or "")
         self._ctx.playbook = path
@@ -313,6 +364,7 @@ class Recorder:
             "playbook_on_start", {"playbook": path}, parent=None, stdout=""
         )
 
+    @one_event("playbook_on_play_start")
     def play_start(self, play: Any) -> None:
         ctx = self._ctx
         name = play.get_name().strip()
@@ -338,6 +390,11 @@ class Recorder:
         )
 
     def task_start(self, task: Any, handler: bool) -> None:
+        event_name = "playbook_on_handler_task_start" if handler else "playbook_on_task_start"
+        self._task_start(event_name, task, handler)
+
+    @one_event()
+    def _task_start(self, event_name: str, task: Any, handler: bool) -> None:
         ctx = self._ctx
         name = task.get_name().strip()
         role = _task_role(task)
@@ -359,7 +416,7 @@ class Recorder:
         if not ctx.lazy_banners:
             ctx.last_banner = task._uuid
         self.emit(
-            "playbook_on_handler_task_start" if handler else "playbook_on_task_start",
+            event_name,
             data,
             parent=ctx.play_event,
             task=ref,
@@ -367,6 +424,7 @@ class Recorder:
             event_uuid=event_uuid,
         )
 
+    @one_event("runner_on_start")
     def runner_on_start(self, host: Any, task: Any) -> None:
         ctx = self._ctx
         ref = self._task_ref(task)
@@ -384,6 +442,7 @@ class Recorder:
                 ctx.async_running[hostname] = ref
         self.emit("runner_on_start", data, parent=ref.event_uuid or None, host=hostname, task=ref)
 
+    @one_event()
     def result(
         self, name: str, result: Any, ignore_errors: bool = False, diff_text: str = ""
     ) -> None:
@@ -523,6 +582,7 @@ class Recorder:
             res = render.clean_debug(res)
         return render.result_text(name, label, res, verbose, ignore_errors, item, pretty)
 
+    @one_event("playbook_on_include")
     def include(self, included_file: Any) -> None:
         task = included_file._task
         ref = self._task_ref(task)
@@ -543,6 +603,7 @@ class Recorder:
             stdout=stdout,
         )
 
+    @one_event("playbook_on_notify")
     def notify(self, handler: Any, host: Any) -> None:
         """Linked to the task that notified: Ansible calls this when the handlers are flushed
         (or at once from a running handler), so the host's current task may be another one."""
@@ -561,11 +622,13 @@ class Recorder:
             task=current,
         )
 
+    @one_event()
     def simple(self, name: str, data: dict[str, Any], stdout: str = "") -> None:
         self.emit(
             name, data, parent=self._ctx.play_event or self._ctx.playbook_event, stdout=stdout
         )
 
+    @one_event("playbook_on_stats")
     def stats(self, stats: Any) -> None:
         fields = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
         summary = {
