@@ -6,11 +6,13 @@ import uuid as uuidlib
 
 from playledger.events import GENESIS_HASH, Event, RunEnd, RunStart, encode_data, seal
 
+DAY = "2026-12-04"
 
-def run_start(run: str, playbook: str = "site.yml") -> RunStart:
+
+def run_start(run: str, playbook: str = "site.yml", day: str = DAY) -> RunStart:
     return RunStart(
         run=run,
-        created="2026-12-04T00:00:00.000000Z",
+        created=f"{day}T00:00:00.000000Z",
         playbook=playbook,
         argv=["ansible-playbook", playbook],
         cwd="/tmp",
@@ -22,7 +24,7 @@ def run_start(run: str, playbook: str = "site.yml") -> RunStart:
     )
 
 
-def make_events(run: str, n: int, hosts: int = 3) -> list[Event]:
+def make_events(run: str, n: int, hosts: int = 3, day: str = DAY) -> list[Event]:
     """n sealed events: a play start, then results spread over `hosts`, then stats."""
     events: list[Event] = []
     prev = GENESIS_HASH
@@ -44,7 +46,7 @@ def make_events(run: str, n: int, hosts: int = 3) -> list[Event]:
             counter=counter,
             uuid=str(uuidlib.uuid4()),
             parent_uuid=None,
-            created="2026-12-04T00:00:01.000000Z",
+            created=f"{day}T00:00:01.000000Z",
             event=name,
             host=host,
             task=f"task {counter % 5}",
@@ -59,7 +61,10 @@ def make_events(run: str, n: int, hosts: int = 3) -> list[Event]:
     return events
 
 
-def make_run(n: int, run: str | None = None, hosts: int = 3) -> list[RunStart | Event | RunEnd]:
+def make_run(
+    n: int, run: str | None = None, hosts: int = 3, day: str = DAY
+) -> list[RunStart | Event | RunEnd]:
+    """A sealed run of n events; `day` (YYYY-MM-DD, UTC) dates every record of it."""
     run = run or str(uuidlib.uuid4())
-    end = RunEnd(run=run, created="2026-12-04T00:00:02.000000Z", emitted=n)
-    return [run_start(run), *make_events(run, n, hosts), end]
+    end = RunEnd(run=run, created=f"{day}T00:00:02.000000Z", emitted=n)
+    return [run_start(run, day=day), *make_events(run, n, hosts, day), end]

@@ -6,7 +6,7 @@ import csv
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,9 +115,7 @@ def run(ctx: click.Context, ansible_args: tuple[str, ...]) -> None:
     if outcome.report is None:
         click.echo("playledger: no events were recorded (ansible-playbook stopped early)", err=True)
         sys.exit(outcome.exit_code or 3)
-    with _store(_settings(ctx)) as store:
-        hosts = store.run(outcome.report.run).hosts
-    click.echo(summary_line(outcome.report, hosts))
+    click.echo(summary_line(outcome.report, outcome.hosts))
     if not outcome.report.complete:
         if outcome.report.spool_pending:
             click.echo(
@@ -388,13 +386,15 @@ def verify(ctx: click.Context, run_ref: str, as_json: bool) -> None:
 def ship(
     ctx: click.Context, follow_run: str | None, pid: int | None, timeout: float | None
 ) -> None:
-    """Drain whatever is left in the spool into the store (after a crash or an outage)."""
+    """Drain whatever is left in the spool into the store or PLAYLEDGER_SINK (after a crash
+    or an outage)."""
     from playledger.shipper import ShipReport, ship_all, ship_spool
+    from playledger.sinks import open_sink
     from playledger.spool import SpoolFile
 
     settings = _settings(ctx)
     limit = settings.ship_timeout if timeout is None else timeout
-    with _store(settings) as store:
+    with closing(open_sink(settings)) as store:
         if follow_run:
             spool = SpoolFile(settings.spool_dir, follow_run)
             if pid is None:
@@ -461,6 +461,116 @@ def spool_status(ctx: click.Context) -> None:
         click.echo(
             f"{run:<36}  {records:>8,}  {size:>12,}  {'yes' if alive else 'no':<7}  {quarantined}"
         )
+
+
+@cli.group()
+def db() -> None:
+    """The store's schema (PostgreSQL: run `db upgrade` once per new playledger version)."""
+
+
+@db.command("upgrade")
+@click.pass_context
+@errors
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply the store's missing schema migrations (a SQLite store also does it on open)."""
+    from playledger.store import upgrade_store
+
+    result = upgrade_store(_settings(ctx.find_root()).db)
+    if result.applied:
+        steps = ", ".join(str(v) for v in result.applied)
+        click.echo(f"schema upgraded from version {result.before} to {result.after} ({steps})")
+    else:
+        click.echo(f"schema up to date (version {result.after})")
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    metavar="AGE",
+    help="e.g. 90d, 12h, 2w: remove runs recorded before now - AGE, in whole days (UTC).",
+)
+@click.pass_context
+@errors
+def purge(ctx: click.Context, older_than: str) -> None:
+    """Retention: remove old runs with all their events and host summaries."""
+    from datetime import UTC, datetime
+
+    from playledger.retention import parse_age, purge_cutoff
+
+    cutoff = purge_cutoff(parse_age(older_than), datetime.now(UTC))
+    with _store(_settings(ctx)) as store:
+        result = store.purge(cutoff)
+    runs = f"{result.runs:,} run{'' if result.runs == 1 else 's'}"
+    line = f"purged {runs} ({result.events:,} events) recorded before {cutoff:%Y-%m-%d} UTC"
+    if result.partitions:
+        line += f"; dropped partitions {', '.join(result.partitions)}"
+    click.echo(line)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to bind (PLAYLEDGER_SERVE_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (PLAYLEDGER_SERVE_PORT, 8787).")
+@click.pass_context
+@errors
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """HTTP server: ingest from remote shippers, REST API v1, AWX-compatible routes, metrics."""
+    from playledger.api.app import serve as run_server
+
+    settings = _settings(ctx)
+    run_server(settings, host or settings.serve_host, port or settings.serve_port)
+
+
+@cli.group()
+def token() -> None:
+    """API tokens for `playledger serve` (only a digest is stored)."""
+
+
+@token.command("create")
+@click.option(
+    "--scope", type=click.Choice(["ingest", "read", "admin"]), required=True, help="admin: all."
+)
+@click.option("--name", required=True, help="A name to recognise it by, e.g. the controller.")
+@click.pass_context
+@errors
+def token_create(ctx: click.Context, scope: str, name: str) -> None:
+    """Create a token and print it once: it cannot be shown again."""
+    from playledger.tokens import create_token
+
+    with _store(_settings(ctx.find_root())) as store:
+        secret, row = create_token(store, name, scope)
+    click.echo(secret)
+    click.echo(f"token {row.id} {row.name!r} (scope {row.scope}) created; store it now", err=True)
+
+
+@token.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include revoked tokens.")
+@click.pass_context
+@errors
+def token_list(ctx: click.Context, show_all: bool) -> None:
+    """Tokens: id, name, scope, prefix, created, revoked."""
+    with _store(_settings(ctx.find_root())) as store:
+        rows = [t for t in store.tokens() if show_all or t.revoked is None]
+    click.echo(f"{'id':>4}  {'name':<24} {'scope':<7} {'prefix':<11} {'created':<27} revoked")
+    for t in rows:
+        click.echo(
+            f"{t.id:>4}  {t.name:<24} {t.scope:<7} {t.prefix:<11} {t.created:<27} "
+            f"{t.revoked or '-'}"
+        )
+
+
+@token.command("revoke")
+@click.argument("ref", metavar="ID_OR_NAME")
+@click.pass_context
+@errors
+def token_revoke(ctx: click.Context, ref: str) -> None:
+    """Revoke a token by id or name; the server refuses it from the next request on."""
+    from playledger.tokens import utc_now
+
+    with _store(_settings(ctx.find_root())) as store:
+        row = store.revoke_token(ref, utc_now())
+    click.echo(f"token {row.id} {row.name!r} revoked")
 
 
 @cli.command("callback-path")

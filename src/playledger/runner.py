@@ -13,14 +13,14 @@ import subprocess
 import sys
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import FrameType
 
 from playledger.callback import plugin_path
-from playledger.errors import PlayledgerError
+from playledger.errors import PlayledgerError, RunNotFound, StoreError
 from playledger.settings import Settings
-from playledger.spool import check_writable
+from playledger.spool import SpoolFile, check_writable
 from playledger.store import open_store
 from playledger.verify import VerifyReport, verify_run
 
@@ -77,13 +77,15 @@ class RunOutcome:
     exit_code: int
     report: VerifyReport | None
     shipper_exit: int
+    hosts: int = 0
 
 
 def run_playbook(args: Sequence[str], settings: Settings) -> RunOutcome:
     """Run ansible-playbook with recording; returns its exit code and the verify report."""
     check_writable(settings.spool_dir)  # refuse before Ansible starts, not halfway through
-    store = open_store(settings.db, settings.busy_timeout)  # likewise for the store
-    store.close()
+    if not settings.sink:
+        store = open_store(settings.db, settings.busy_timeout)  # likewise for the store
+        store.close()
     run_id = str(uuidlib.uuid4())
     env = ansible_environment(os.environ, settings, run_id)
     ansible: subprocess.Popen[bytes] | None = None
@@ -112,6 +114,8 @@ def run_playbook(args: Sequence[str], settings: Settings) -> RunOutcome:
                 **os.environ,
                 "PLAYLEDGER_SPOOL_DIR": str(settings.spool_dir),
                 "PLAYLEDGER_DB": settings.db,
+                "PLAYLEDGER_SINK": settings.sink,
+                "PLAYLEDGER_TOKEN": settings.token,
             },
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C stops Ansible, not the shipper draining its events
@@ -124,6 +128,8 @@ def run_playbook(args: Sequence[str], settings: Settings) -> RunOutcome:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
+    if settings.sink:
+        return _outcome_from_server(settings, run_id, rc, shipper_rc)
     store = open_store(settings.db, settings.busy_timeout)
     try:
         try:
@@ -132,6 +138,36 @@ def run_playbook(args: Sequence[str], settings: Settings) -> RunOutcome:
             return RunOutcome(rc, None, shipper_rc)  # Ansible stopped before the first event
         store.set_exit_code(run_id, rc)
         run = store.run(run_id)
-        return RunOutcome(rc, verify_run(store, run, settings.spool_dir), shipper_rc)
+        return RunOutcome(rc, verify_run(store, run, settings.spool_dir), shipper_rc, run.hosts)
     finally:
         store.close()
+
+
+def _outcome_from_server(settings: Settings, run_id: str, rc: int, shipper_rc: int) -> RunOutcome:
+    """With an HTTP sink: the exit code goes to the server and the verify report comes from it;
+    what is still in the local spool (or quarantined in it) is added from here."""
+    from playledger.sinks.http import HttpSink
+
+    sink = HttpSink(settings.sink, settings.token, timeout=settings.http_timeout)
+    try:
+        try:
+            sink.set_exit_code(run_id, rc)
+            data = sink.verify(run_id)
+        except RunNotFound:
+            return RunOutcome(rc, None, shipper_rc)  # nothing reached the server
+        except StoreError as exc:
+            pending = SpoolFile(settings.spool_dir, run_id).backlog()[0]
+            raise StoreError(
+                f"run {run_id}: cannot read its verify report: {exc}; {pending:,} records are "
+                "still in the spool (`playledger ship` stores them once the server is back)"
+            ) from exc
+    finally:
+        sink.close()
+    known = {f.name for f in fields(VerifyReport)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["missing"] = [(int(a), int(b)) for a, b in values.get("missing", [])]
+    report = VerifyReport(**values)
+    spool = SpoolFile(settings.spool_dir, run_id)
+    report.spool_pending = spool.backlog()[0]
+    report.quarantined = spool.quarantined()
+    return RunOutcome(rc, report, shipper_rc, int(data.get("hosts") or 0))

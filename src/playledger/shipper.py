@@ -18,10 +18,11 @@ from pathlib import Path
 
 import msgspec
 
-from playledger.errors import RunConflict, StoreError
+from playledger.errors import BatchRejected, RunConflict, StoreError
 from playledger.events import Record, RunStart, record_decoder
+from playledger.sinks import Sink
 from playledger.spool import HEADER, Bad, SpoolFile, list_runs, writer_alive
-from playledger.store.base import Store
+from playledger.store.base import IngestResult
 
 log = logging.getLogger("playledger.shipper")
 
@@ -85,6 +86,42 @@ def _decode(spool: SpoolFile, payloads: list[tuple[int, bytes]]) -> tuple[list[R
     return records, bad
 
 
+def _ingest(
+    sink: Sink, spool: SpoolFile, payloads: list[tuple[int, bytes]], records: list[Record]
+) -> tuple[IngestResult, list[Bad]]:
+    """Ingest `records`; those the next hop refuses for good (BatchRejected: malformed) come
+    back as byte ranges to quarantine, and the rest is sent again without them. One bad
+    record must never block the spool, nor take its good neighbours with it."""
+    spans: list[tuple[int, int]] = []  # (offset, length) of each record in `records`
+    for end, payload in payloads:
+        try:
+            record_decoder.decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # already reported as undecodable by _decode
+        spans.append((end - len(payload) - HEADER.size, len(payload) + HEADER.size))
+    refused: list[Bad] = []
+    while True:
+        try:
+            return sink.ingest(records), refused
+        except BatchRejected as exc:
+            named = {i: r for i, r in exc.rejected.items() if 0 <= i < len(records)}
+            if not named:  # the whole batch, or indexes we cannot place: all of it
+                named = dict.fromkeys(range(len(records)), str(exc))
+            log.error(
+                "run %s: %d of %d record(s) refused as malformed, quarantined: %s",
+                spool.run,
+                len(named),
+                len(records),
+                exc,
+            )
+            for i, reason in named.items():
+                refused.append(Bad(*spans[i], f"refused by the sink: {reason}"))
+            records = [r for i, r in enumerate(records) if i not in named]
+            spans = [s for i, s in enumerate(spans) if i not in named]
+            if not records:
+                return IngestResult(0, 0), refused
+
+
 def _writer_exited(spool: SpoolFile, follow_pid: int) -> bool:
     """True when the followed process wrote this spool (its RunStart says so) and has exited.
 
@@ -107,7 +144,7 @@ def _writer_exited(spool: SpoolFile, follow_pid: int) -> bool:
 
 def ship_spool(
     spool: SpoolFile,
-    store: Store,
+    store: Sink,
     batch_size: int,
     timeout: float,
     follow_pid: int | None = None,
@@ -136,7 +173,7 @@ def ship_spool(
 
 def _ship_locked(
     spool: SpoolFile,
-    store: Store,
+    store: Sink,
     batch_size: int,
     timeout: float,
     follow_pid: int | None,
@@ -164,7 +201,7 @@ def _ship_locked(
         committed = True
         if records:
             try:
-                result = store.ingest(records)
+                result, refused = _ingest(store, spool, payloads, records)
             except RunConflict as exc:
                 # Not retryable and not droppable: keep the spool, say so, stop this run.
                 report.conflict = str(exc)
@@ -180,6 +217,7 @@ def _ship_locked(
             else:
                 report.inserted += result.inserted
                 report.duplicates += result.duplicates
+                bad += refused  # quarantined below, like a corrupt record
                 backoff = POLL_INTERVAL
         if committed and (records or bad):
             new_offset = chunk.end
@@ -230,7 +268,7 @@ def _ship_locked(
             backoff = min(backoff * 2, MAX_BACKOFF)
 
 
-def ship_all(spool_dir: Path, store: Store, batch_size: int, timeout: float) -> list[ShipReport]:
+def ship_all(spool_dir: Path, store: Sink, batch_size: int, timeout: float) -> list[ShipReport]:
     """`playledger ship`: drain every spool in the folder (finished runs are removed)."""
     reports = []
     for run in list_runs(spool_dir):

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+import msgspec
 import zstandard
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
@@ -36,15 +37,12 @@ from playledger.api.schema import (
     ref,
 )
 from playledger.api.state import state
-from playledger.events import Event
-from playledger.spool import MAX_RECORD
 from playledger.store.base import Store
 
 log = logging.getLogger("playledger.api")
 T = TypeVar("T")
 
 RETRY_AFTER = "1"  # seconds; the sink adds jitter
-HARD_MAX = MAX_RECORD + (1 << 20)  # one record as large as a spool can frame, plus framing
 ENCODINGS = ("", "identity", "gzip", "zstd")
 
 
@@ -175,7 +173,9 @@ def _busy(message: str) -> ApiError:
     return ApiError(503, "busy", message, headers={"Retry-After": RETRY_AFTER})
 
 
-async def _read_body(request: Request, limits: Limits, gate: Gate) -> tuple[bytes, bool]:
+async def _read_body(
+    request: Request, limits: Limits, hard_max: int, gate: Gate
+) -> tuple[bytes, bool]:
     """The decompressed body and whether it holds the oversized-body slot (caller frees it).
 
     Up to max_batch_bytes for any batch; beyond, up to one spool record's ceiling, and only
@@ -183,24 +183,28 @@ async def _read_body(request: Request, limits: Limits, gate: Gate) -> tuple[byte
     """
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding not in ENCODINGS:
-        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip or zstd")
+        raise ApiError(
+            415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip or zstd"
+        )
     raw = bytearray()
     big = False
     try:
         async for chunk in request.stream():
             raw += chunk
-            if len(raw) > HARD_MAX:
-                raise _too_large(f"{HARD_MAX:,} bytes (one spool record)")
+            if len(raw) > hard_max:
+                raise _too_large(f"{hard_max:,} bytes (one spool record)")
             if len(raw) > limits.max_batch_bytes and not big:
                 big = _take_big(gate)
         try:
-            body = await run_in_threadpool(_decompress, bytes(raw), encoding, limits.max_batch_bytes)
+            body = await run_in_threadpool(
+                _decompress, bytes(raw), encoding, limits.max_batch_bytes
+            )
         except _TooLarge:
             big = big or _take_big(gate)
             try:
-                body = await run_in_threadpool(_decompress, bytes(raw), encoding, HARD_MAX)
+                body = await run_in_threadpool(_decompress, bytes(raw), encoding, hard_max)
             except _TooLarge:
-                raise _too_large(f"{HARD_MAX:,} bytes (one spool record)") from None
+                raise _too_large(f"{hard_max:,} bytes (one spool record)") from None
     except BaseException:
         if big:
             gate.big_in_use = False
@@ -232,7 +236,20 @@ router = APIRouter(tags=["ingest"])
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"type": "array", "items": {}}}},
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "array",
+                        "items": {
+                            "anyOf": [
+                                {"$ref": "#/components/schemas/RunStart"},
+                                {"$ref": "#/components/schemas/Event"},
+                                {"$ref": "#/components/schemas/RunEnd"},
+                            ]
+                        },
+                    }
+                }
+            },
         }
     },
 )
@@ -245,7 +262,7 @@ async def ingest(request: Request, _: object = Depends(require("ingest"))) -> Re
         raise _busy(f"{st.gate.size} ingest batches in flight (PLAYLEDGER_INGEST_QUEUE); retry")
     big = False
     try:
-        body, big = await _read_body(request, limits, st.gate)
+        body, big = await _read_body(request, limits, s.max_record_bytes, st.gate)
         try:
             records = await run_in_threadpool(decode_batch, body, limits)
         except ApiError as exc:
@@ -279,7 +296,7 @@ async def mark_aborted(
 
 @router.post(
     "/api/v1/runs/{run_uuid}/exit-code",
-    summary="Record ansible-playbook's exit code (body: {\"exit_code\": N})",
+    summary='Record ansible-playbook\'s exit code (body: {"exit_code": N})',
 )
 async def set_exit_code(
     request: Request, run_uuid: str, _: object = Depends(require("ingest"))
@@ -288,13 +305,8 @@ async def set_exit_code(
     body = await request.body()
     try:
         code = exit_code_decoder.decode(body).exit_code
-    except Exception as exc:  # msgspec's DecodeError / ValidationError
-        raise ApiError(400, "invalid_body", f"expected {{\"exit_code\": <int>}}: {exc}") from exc
-    st.store.run(run_uuid)  # 404 for an unknown run (RunNotFound -> handler)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ApiError(400, "invalid_body", f'expected {{"exit_code": <int>}}: {exc}') from exc
+    await run_in_threadpool(st.store.run, run_uuid)  # RunNotFound -> 404
     await asyncio.wrap_future(st.writer.submit(lambda: st.store.set_exit_code(run_uuid, code)))
     return json_response({"run": run_uuid, "exit_code": code})
-
-
-def sealed_sizes(records: list[Event]) -> int:
-    """Bytes of event payloads (for logs)."""
-    return sum(len(bytes(e.event_data)) + len(e.stdout) for e in records)

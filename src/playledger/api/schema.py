@@ -79,7 +79,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 # (the on-disk format is unchanged); only what arrives over HTTP is held to the exact schema.
 
 
-class _StrictRunStart(RunStart, forbid_unknown_fields=True):
+class _StrictRunStart(RunStart, forbid_unknown_fields=True, frozen=True):
     pass
 
 
@@ -87,7 +87,7 @@ class _StrictEvent(Event, forbid_unknown_fields=True):
     pass
 
 
-class _StrictRunEnd(RunEnd, forbid_unknown_fields=True):
+class _StrictRunEnd(RunEnd, forbid_unknown_fields=True, frozen=True):
     pass
 
 
@@ -268,10 +268,31 @@ COMPONENTS: tuple[type, ...] = (
 )
 
 
+def _documented(cls: type[msgspec.Struct], name: str) -> Any:
+    """A copy of a record type for JSON Schema: `event_data` (kept verbatim as msgspec.Raw)
+    is documented as the JSON object it is."""
+    config = cls.__struct_config__
+    fields: list[Any] = []
+    for f in msgspec.structs.fields(cls):
+        typ = dict[str, Any] if f.type is msgspec.Raw else f.type
+        if f.required:
+            fields.append((f.name, typ))
+        else:
+            fields.append((f.name, typ, {} if f.type is msgspec.Raw else f.default))
+    return msgspec.defstruct(name, fields, tag=config.tag, tag_field=config.tag_field)
+
+
 def openapi_components() -> dict[str, Any]:
-    """JSON Schemas of the response types, for the OpenAPI document's components."""
+    """JSON Schemas of the request and response types, for the OpenAPI document."""
+    event = _documented(Event, "Event")
+    event_list = msgspec.defstruct(
+        "EventList",
+        [("count", int | None), ("next", str | None), ("results", list[event])],  # type: ignore[valid-type]
+    )
+    types = [t for t in COMPONENTS if t is not EventList]
     _, components = msgspec.json.schema_components(
-        [*COMPONENTS, list[RunStart | Event | RunEnd]], ref_template="#/components/schemas/{name}"
+        [*types, event_list, list[RunStart | event | RunEnd]],  # type: ignore[valid-type]
+        ref_template="#/components/schemas/{name}",
     )
     return components
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from playledger.errors import UsageError
 from playledger.settings import Settings
+from playledger.spool import MAX_RECORD
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,9 @@ class ApiSettings:
     ingest_queue: int = 32
     stream_poll: float = 0.5  # seconds between store polls of a live event stream
     stream_idle_end: float = 60.0  # a finished run's stream ends after this long without news
+    # Not a setting: the spool's own ceiling for one record (plus framing). A body that large
+    # is accepted only as a single record; tests lower it to exercise the refusal.
+    max_record_bytes: int = MAX_RECORD + (1 << 20)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiSettings:

@@ -1,4 +1,4 @@
-"""Where the shipper delivers: the store directly, or (next) HTTP and NATS.
+"""Where the shipper delivers: the store directly, or `playledger serve` over HTTP (NATS next).
 
 A sink is the write side of a store: an atomic, idempotent batch ingest, and marking a run whose
 writer died without its final record. Every `Store` is a sink.
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from playledger.events import Event, RunEnd, RunStart
+from playledger.settings import Settings
 from playledger.store.base import IngestResult
 
 
@@ -21,3 +22,20 @@ class Sink(Protocol):
     def mark_aborted(self, run_uuid: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+def open_sink(settings: Settings) -> Sink:
+    """The configured sink: PLAYLEDGER_SINK=http(s)://... or, when empty, the store itself."""
+    if settings.sink:
+        from playledger.sinks.http import HttpSink
+
+        return HttpSink(
+            settings.sink,
+            settings.token,
+            timeout=settings.http_timeout,
+            max_batch_bytes=settings.max_batch_bytes,
+            max_batch_records=settings.max_batch_records,
+        )
+    from playledger.store import open_store
+
+    return open_store(settings.db, settings.busy_timeout)

@@ -195,9 +195,9 @@ class Store(Protocol):
         """The highest stored counter of the run (0 when none)."""
         ...
 
-    def stdout_lines_before(self, run_id: int, counter: int) -> int:
-        """Lines of job output before event `counter` (AWX start_line): each event with a
-        non-empty stdout contributes its line count."""
+    def stdout_line_offsets(self, run_id: int, counters: Sequence[int]) -> dict[int, int]:
+        """Lines of job output before each of `counters` (AWX start_line): every event with a
+        non-empty stdout contributes its line count. One scan up to max(counters)."""
         ...
 
     def open_runs(self, limit: int = 1000) -> list[RunLag]:

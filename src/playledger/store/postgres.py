@@ -28,39 +28,40 @@ from msgspec.structs import astuple
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from playledger.errors import RunNotFound, StoreBusy, StoreError
+from playledger.errors import RunConflict, StoreBusy, StoreError
 from playledger.events import Event, RunEnd, RunStart
 from playledger.store import pg_schema
 from playledger.store.base import (
     SUMMARY_FIELDS,
-    EventFilter,
-    HostSummary,
     IngestResult,
+    PoolStats,
     PurgeResult,
-    RunRow,
 )
+from playledger.store.pg_api import PostgresReadAPI
+from playledger.store.pg_reads import EVENT_COLUMNS, EVENT_FIELDS, Conn
 
 log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[tuple[Any, ...]]
 
-RUN_COLUMNS = (
-    "id, uuid, playbook, status, started, finished, emitted, stored, hosts, exit_code, "
-    'controller, "user", cwd, argv, ansible_version, append_errors, run_day'
-)
-EVENT_FIELDS = Event.__struct_fields__[1:]  # every field but `run` (stored as run_id)
-EVENT_COLUMNS = ", ".join(EVENT_FIELDS) + ", original"
 _TEXT_AT = tuple(  # positions in astuple(event) of the str fields (NUL check)
     i
     for i, name in enumerate(Event.__struct_fields__)
     if name not in ("run", "counter", "changed", "failed", "event_data")
 )
+_INDEXED_AT = tuple(Event.__struct_fields__.index(n) for n in ("host", "event", "task"))
+_CUT = pg_schema.INDEXED_MAX
 # Binary COPY sends a text value as its UTF-8 bytes, so event_data (msgspec.Raw, JSON bytes) is
 # handed to the bytea dumper: the server reads the same bytes into the text column, no decode.
-_COPY_TYPES = ["int8", "date"] + [
-    {"counter": "int8", "changed": "bool", "failed": "bool", "event_data": "bytea"}.get(n, "text")
-    for n in EVENT_FIELDS
-] + ["bytea"]
+_COPY_TYPES = (
+    ["int8", "date"]
+    + [
+        {"counter": "int8", "changed": "bool", "failed": "bool", "event_data": "bytea"}.get(
+            n, "text"
+        )
+        for n in EVENT_FIELDS
+    ]
+    + ["bytea"]
+)
 _COPY = f"COPY events (run_id, run_day, {EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 # SQLSTATE classes worth a retry: connection (08), transaction rollback: serialization failure
@@ -97,50 +98,33 @@ def _parse_time(created: str) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def _event_row(run_id: int, day: date, e: Event) -> tuple[Any, ...]:
+def _careful_row(run_id: int, day: date, e: Event) -> tuple[Any, ...]:
+    """The row for the retry of a batch that PostgreSQL refused for a NUL or an index entry.
+
+    Text cannot hold NUL, and a btree entry must stay under ~2.7 kB: such an event is kept
+    whole in `original` (read back from there, so the hash chain still verifies), with U+FFFD
+    for NUL and host/event/task cut to INDEXED_MAX characters in the columns. Checking every
+    event up front would cost a fifth of the ingest rate for what almost never happens.
+    """
     t = astuple(e)
-    for i in _TEXT_AT:
-        value = t[i]
-        if value is not None and "\x00" in value:
-            # PostgreSQL text cannot hold NUL: keep the event whole in `original` (read back
-            # from there, so the hash chain still verifies) and U+FFFD in the text columns.
-            clean = tuple(
-                v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in t[1:]
-            )
-            return (run_id, day, *clean, msgspec.json.encode(e))
+    if any(t[i] is not None and len(t[i]) > _CUT for i in _INDEXED_AT) or any(
+        t[i] is not None and "\x00" in t[i] for i in _TEXT_AT
+    ):
+        row = [v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in t]
+        for i in _INDEXED_AT:
+            if row[i] is not None:
+                row[i] = row[i][:_CUT]
+        return (run_id, day, *row[1:], msgspec.json.encode(e))
     return (run_id, day, *t[1:], None)
-
-
-def _event(run_uuid: str, r: tuple[Any, ...]) -> Event:
-    if r[19] is not None:
-        return msgspec.json.decode(r[19], type=Event)
-    return Event(
-        run=run_uuid,
-        counter=r[0],
-        uuid=r[1],
-        parent_uuid=r[2],
-        created=r[3],
-        event=r[4],
-        host=r[5],
-        play=r[6],
-        play_uuid=r[7],
-        task=r[8],
-        task_uuid=r[9],
-        task_action=r[10],
-        role=r[11],
-        playbook=r[12],
-        changed=r[13],
-        failed=r[14],
-        stdout=r[15],
-        event_data=msgspec.Raw(r[16].encode()),
-        prev_hash=r[17],
-        hash=r[18],
-    )
 
 
 @dataclass
 class _Batch:
-    """A batch regrouped: events by run (one COPY each) and, in order, what changes run rows."""
+    """A batch regrouped: events by run (one COPY each) and, in order, what changes run rows.
+
+    The run-row changes (start, stats, end) are applied after the events, in batch order; none
+    of them reads the events table, so the result is SQLite's record-by-record one.
+    """
 
     first_seen: dict[str, str] = field(default_factory=dict)  # run uuid -> created
     events: dict[str, list[Event]] = field(default_factory=dict)
@@ -162,7 +146,7 @@ class _Batch:
         return batch
 
 
-class PostgresStore:
+class PostgresStore(PostgresReadAPI):
     """Thread-safe: every call borrows a pooled connection for one statement or transaction."""
 
     def __init__(self, url: str, busy_timeout: float = 5.0, pool_size: int = 4) -> None:
@@ -197,9 +181,7 @@ class PostgresStore:
             raise
 
     def _configure(self, conn: Conn) -> None:
-        conn.execute(
-            sql.SQL("SET lock_timeout = {}").format(int(self._busy_timeout * 1000))
-        )
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(int(self._busy_timeout * 1000)))
 
     @contextmanager
     def _raw(self) -> Iterator[Conn]:
@@ -237,8 +219,15 @@ class PostgresStore:
                 for day in sorted(days - self._partitions):
                     pg_schema.create_partition(conn, day)
                     self._partitions.add(day)
-                with conn.transaction():
-                    inserted = self._ingest(conn, batch)
+                try:
+                    with conn.transaction():
+                        inserted = self._ingest(conn, batch, careful=False)
+                except (
+                    psycopg.errors.CharacterNotInRepertoire,
+                    psycopg.errors.ProgramLimitExceeded,
+                ):
+                    with conn.transaction():  # a NUL or an oversized index entry: see _careful_row
+                        inserted = self._ingest(conn, batch, careful=True)
         except StoreError as exc:
             if isinstance(exc.__cause__, psycopg.errors.CheckViolation):
                 # "no partition of relation events found for row": dropped by a purge since
@@ -249,12 +238,12 @@ class PostgresStore:
             raise
         return IngestResult(inserted, batch.count - inserted)
 
-    def _ingest(self, conn: Conn, batch: _Batch) -> int:
+    def _ingest(self, conn: Conn, batch: _Batch, careful: bool) -> int:
         runs = self._lock_runs(conn, batch.first_seen)
         inserted = 0
         for run_uuid, events in batch.events.items():
             run_id, day = runs[run_uuid]
-            n = self._insert_events(conn, run_id, day, events)
+            n = self._insert_events(conn, run_id, day, events, careful)
             if n:
                 conn.execute("UPDATE runs SET stored = stored + %s WHERE id = %s", (n, run_id))
             inserted += n
@@ -286,27 +275,39 @@ class PostgresStore:
             found.update({u: (i, d) for u, i, d in conn.execute(select, (new,))})
         return found
 
-    def _insert_events(self, conn: Conn, run_id: int, day: date, events: list[Event]) -> int:
+    def _insert_events(
+        self, conn: Conn, run_id: int, day: date, events: list[Event], careful: bool
+    ) -> int:
         counters = [e.counter for e in events]
         lo, hi = min(counters), max(counters)
         if hi - lo < 4 * len(counters):
             cur = conn.execute(
-                "SELECT counter FROM events WHERE run_id = %s AND run_day = %s "
+                "SELECT counter, hash FROM events WHERE run_id = %s AND run_day = %s "
                 "AND counter BETWEEN %s AND %s",
                 (run_id, day, lo, hi),
             )
         else:
             cur = conn.execute(
-                "SELECT counter FROM events WHERE run_id = %s AND run_day = %s "
+                "SELECT counter, hash FROM events WHERE run_id = %s AND run_day = %s "
                 "AND counter = ANY(%s)",
                 (run_id, day, counters),
             )
-        seen = {c for (c,) in cur}
+        known: dict[int, str] = dict(cur.fetchall())
         rows = []
         for e in events:
-            if e.counter not in seen:  # also the second copy of a counter within the batch
-                seen.add(e.counter)
-                rows.append(_event_row(run_id, day, e))
+            stored = known.get(e.counter)
+            if stored is None:
+                known[e.counter] = e.hash
+                if careful:
+                    rows.append(_careful_row(run_id, day, e))
+                else:
+                    rows.append((run_id, day, *astuple(e)[1:], None))
+            elif stored != e.hash:  # a duplicate must be the very same event
+                raise RunConflict(
+                    f"run {e.run}: counter {e.counter} is already stored as a different event; "
+                    "was the run id reused (PLAYLEDGER_RUN_ID)? Nothing was stored from this "
+                    "batch and the spool is kept"
+                )
         if rows:
             with conn.cursor().copy(_COPY) as copy:
                 copy.set_types(_COPY_TYPES)
@@ -315,6 +316,13 @@ class PostgresStore:
         return len(rows)
 
     def _apply_start(self, conn: Conn, run_id: int, r: RunStart) -> None:
+        row = conn.execute("SELECT started FROM runs WHERE id=%s", (run_id,)).fetchone()
+        started = row[0] if row else ""
+        if started and started != _text(r.created):
+            raise RunConflict(
+                f"run {r.run} was already started at {started} (this one at {r.created}); "
+                "was the run id reused (PLAYLEDGER_RUN_ID)? The spool is kept"
+            )
         conn.execute(
             'UPDATE runs SET playbook=%s, started=%s, controller=%s, "user"=%s, cwd=%s, '
             "argv=%s, ansible_version=%s WHERE id=%s",
@@ -408,176 +416,10 @@ class PostgresStore:
                 runs += len(rows)
         return PurgeResult(runs=runs, events=events, partitions=dropped)
 
-    # --- reads ------------------------------------------------------------------------------
-
-    def _run_row(self, conn: Conn, row: tuple[Any, ...]) -> RunRow:
-        (rid, uuid, playbook, status, started, finished, emitted, stored, hosts, exit_code,
-         controller, user, cwd, argv, ansible_version, append_errors, day) = row  # fmt: skip
-        if hosts is None:
-            counted = conn.execute(
-                "SELECT COUNT(DISTINCT host) FROM events WHERE run_id = %s AND run_day = %s "
-                "AND host IS NOT NULL",
-                (rid, day),
-            ).fetchone()
-            hosts = counted[0] if counted else 0
-        return RunRow(
-            id=rid,
-            uuid=uuid,
-            playbook=playbook,
-            status=status,
-            started=started,
-            finished=finished,
-            emitted=emitted,
-            stored=stored,
-            hosts=hosts,
-            exit_code=exit_code,
-            controller=controller,
-            user=user,
-            cwd=cwd,
-            argv=list(argv),
-            ansible_version=ansible_version,
-            append_errors=append_errors,
-        )
-
-    def runs(self, limit: int = 50) -> list[RunRow]:
-        with self._conn() as conn:
-            rows = conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT %s", (limit,)
-            ).fetchall()
-            return [self._run_row(conn, r) for r in rows]
-
-    def run(self, ref: str) -> RunRow:
-        with self._conn() as conn:
-            if ref == "latest":
-                row = conn.execute(
-                    f"SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT 1"
-                ).fetchone()
-            elif ref.isdigit():
-                row = conn.execute(
-                    f"SELECT {RUN_COLUMNS} FROM runs WHERE id=%s", (int(ref),)
-                ).fetchone()
-            else:
-                row = conn.execute(
-                    f"SELECT {RUN_COLUMNS} FROM runs WHERE uuid=%s", (ref,)
-                ).fetchone()
-            if row is None:
-                what = "no runs recorded yet" if ref == "latest" else f"no run {ref!r}"
-                raise RunNotFound(f"{what} in {self.path}")
-            return self._run_row(conn, row)
-
-    def _locate(self, conn: Conn, run_id: int) -> tuple[str, date] | None:
-        """The run's uuid and partition day (every events query names its partition)."""
-        row = conn.execute("SELECT uuid, run_day FROM runs WHERE id=%s", (run_id,)).fetchone()
-        return None if row is None else (row[0], row[1])
-
-    @staticmethod
-    def _where(run_id: int, day: date, f: EventFilter) -> tuple[str, list[Any]]:
-        clauses = ["run_id = %s", "run_day = %s"]
-        args: list[Any] = [run_id, day]
-        if f.host is not None:
-            clauses.append("left(host, 200) = left(%s, 200) AND host = %s")
-            args += [f.host, f.host]
-        if f.event is not None:
-            clauses.append("left(event, 200) = left(%s, 200) AND event = %s")
-            args += [f.event, f.event]
-        if f.task is not None:
-            clauses.append("(task = %s OR task_uuid = %s)")
-            args += [f.task, f.task]
-        if f.failed is not None:
-            clauses.append("failed = %s")
-            args.append(f.failed)
-        if f.changed is not None:
-            clauses.append("changed = %s")
-            args.append(f.changed)
-        if f.min_counter is not None:
-            clauses.append("counter >= %s")
-            args.append(f.min_counter)
-        if f.max_counter is not None:
-            clauses.append("counter <= %s")
-            args.append(f.max_counter)
-        return " AND ".join(clauses), args
-
-    def events(
-        self, run_id: int, filters: EventFilter | None = None, limit: int | None = None
-    ) -> Iterator[Event]:
-        """Read in keyset pages, each on a borrowed connection given back before yielding:
-        a million-event run is never held in memory, and a slow reader holds no connection."""
-        with self._conn() as conn:
-            located = self._locate(conn, run_id)
-        if located is None:
-            raise RunNotFound(f"no run {run_id} in {self.path}")
-        uuid, day = located
-        where, args = self._where(run_id, day, filters or EventFilter())
-        query = (
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} AND counter > %s "
-            "ORDER BY counter LIMIT %s"
-        )
-        after, left = 0, limit
-        while left is None or left > 0:
-            page = 1000 if left is None else min(1000, left)
-            with self._conn() as conn:
-                rows = conn.execute(query, (*args, after, page)).fetchall()
-            for r in rows:
-                yield _event(uuid, r)
-            if len(rows) < page:
-                return
-            after = rows[-1][0]
-            if left is not None:
-                left -= len(rows)
-
-    def count_events(self, run_id: int, filters: EventFilter | None = None) -> int:
-        with self._conn() as conn:
-            located = self._locate(conn, run_id)
-            if located is None:
-                return 0
-            where, args = self._where(run_id, located[1], filters or EventFilter())
-            row = conn.execute(f"SELECT COUNT(*) FROM events WHERE {where}", args).fetchone()
-            return int(row[0]) if row else 0
-
-    def counters(self, run_id: int) -> Iterator[int]:
-        with self._conn() as conn:
-            located = self._locate(conn, run_id)
-        if located is None:
-            return
-        after = 0
-        while True:
-            with self._conn() as conn:
-                rows = conn.execute(
-                    "SELECT counter FROM events WHERE run_id=%s AND run_day=%s AND counter > %s "
-                    "ORDER BY counter LIMIT 10000",
-                    (run_id, located[1], after),
-                ).fetchall()
-            for (counter,) in rows:
-                yield counter
-            if len(rows) < 10000:
-                return
-            after = rows[-1][0]
-
-    def duplicate_uuids(self, run_id: int) -> int:
-        with self._conn() as conn:
-            located = self._locate(conn, run_id)
-            if located is None:
-                return 0
-            row = conn.execute(
-                "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM events "
-                "WHERE run_id=%s AND run_day=%s GROUP BY uuid HAVING COUNT(*) > 1) d",
-                (run_id, located[1]),
-            ).fetchone()
-            return int(row[0]) if row else 0
-
-    def host_summaries(self, run_id: int) -> list[HostSummary] | None:
-        with self._conn() as conn:
-            has_stats = conn.execute(
-                "SELECT stats_counter FROM runs WHERE id=%s", (run_id,)
-            ).fetchone()
-            if not has_stats or not has_stats[0]:
-                return None
-            rows = conn.execute(
-                f"SELECT host, {', '.join(SUMMARY_FIELDS)} FROM host_summaries "
-                "WHERE run_id=%s ORDER BY host COLLATE \"C\"",
-                (run_id,),
-            ).fetchall()
-            return [HostSummary(*r) for r in rows]
+    def pool_stats(self) -> PoolStats:
+        stats = self._pool.get_stats()
+        in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
+        return PoolStats(in_use=max(in_use, 0), size=self._pool.max_size)
 
     def close(self) -> None:
         self._pool.close()

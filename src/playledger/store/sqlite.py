@@ -6,6 +6,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,12 @@ from playledger.store.base import (
     EventFilter,
     HostSummary,
     IngestResult,
+    PurgeResult,
     RunRow,
 )
 from playledger.store.sqlite_api import EVENT_COLUMNS, RUN_COLUMNS, SQLiteReadAPI, _event
+
+PURGE_CHUNK = 10_000  # events deleted per write transaction by purge()
 
 SCHEMA_VERSION = 2  # 2: tokens, runs_status index
 
@@ -330,6 +334,48 @@ class SQLiteStore(SQLiteReadAPI):
             "THEN 'failed' ELSE status END WHERE uuid=?",
             (exit_code, exit_code, run_uuid),
         )
+
+    # --- retention (playledger purge) ---------------------------------------------------------
+
+    def purge(self, before: datetime) -> PurgeResult:
+        """Remove the runs recorded before `before` (their start record's time, or their first
+        event's), deleting events PURGE_CHUNK rows per write transaction so that shippers keep
+        committing in between. The run row goes last: an interrupted purge is finished by the
+        next one."""
+        cutoff = before.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        ids = [
+            row[0]
+            for row in self._reader().execute(
+                "SELECT id FROM runs WHERE COALESCE(NULLIF(started, ''), (SELECT created FROM "
+                "events WHERE run_id = runs.id ORDER BY counter LIMIT 1)) < ? ORDER BY id",
+                (cutoff,),
+            )
+        ]
+        events = 0
+        for run_id in ids:
+            while True:
+                n = self._purge_write(
+                    "DELETE FROM events WHERE rowid IN "
+                    "(SELECT rowid FROM events WHERE run_id=? LIMIT ?)",
+                    (run_id, PURGE_CHUNK),
+                )
+                events += n
+                if n < PURGE_CHUNK:
+                    break
+            self._purge_write("DELETE FROM host_summaries WHERE run_id=?", (run_id,))
+            self._purge_write("DELETE FROM runs WHERE id=?", (run_id,))
+        with self._lock:
+            self._run_ids.clear()  # a purged run that comes back gets a new id
+        return PurgeResult(runs=len(ids), events=events, partitions=[])
+
+    def _purge_write(self, sql: str, args: tuple[Any, ...]) -> int:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).rowcount
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise StoreBusy(f"{self.path}: {exc}") from exc
+                raise StoreError(f"{self.path}: {exc}") from exc
 
     # --- reads ------------------------------------------------------------------------------
 

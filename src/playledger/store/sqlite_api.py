@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -129,17 +130,22 @@ class SQLiteReadAPI:
         )
         return int(row[0] or 0)
 
-    def stdout_lines_before(self, run_id: int, counter: int) -> int:
-        row = (
-            self._reader()
-            .execute(
-                "SELECT COALESCE(SUM(length(stdout) - length(replace(stdout, char(10), '')) + 1),"
-                " 0) FROM events WHERE run_id=? AND counter < ? AND stdout != ''",
-                (run_id, counter),
-            )
-            .fetchone()
-        )
-        return int(row[0])
+    def stdout_line_offsets(self, run_id: int, counters: Sequence[int]) -> dict[int, int]:
+        if not counters:
+            return {}
+        wanted = sorted(set(counters))
+        marks = ",".join("?" * len(wanted))
+        rows = self._reader().execute(
+            f"""SELECT counter, before FROM (
+                SELECT counter, SUM(n) OVER (ORDER BY counter ROWS UNBOUNDED PRECEDING) - n
+                       AS before
+                FROM (SELECT counter, CASE WHEN stdout = '' THEN 0 ELSE
+                      length(stdout) - length(replace(stdout, char(10), '')) + 1 END AS n
+                      FROM events WHERE run_id = ? AND counter <= ?)
+            ) WHERE counter IN ({marks})""",
+            [run_id, wanted[-1], *wanted],
+        ).fetchall()
+        return {int(c): int(b) for c, b in rows}
 
     def open_runs(self, limit: int = 1000) -> list[RunLag]:
         db = self._reader()

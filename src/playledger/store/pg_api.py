@@ -1,0 +1,161 @@
+"""The PostgreSQL store's read API (HTTP API reads, metrics) and token table.
+
+The counterpart of sqlite_api.py, with the same semantics; a mixin of `PostgresStore`. Every
+call borrows a pooled connection and sees committed data only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from playledger.errors import StoreError, TokenNotFound
+from playledger.events import Event
+from playledger.store.base import EventFilter, RunLag, RunQuery, RunRow, TokenRow
+from playledger.store.pg_reads import EVENT_COLUMNS, RUN_COLUMNS, PostgresReads, _event
+
+_TOKEN_COLUMNS = "id, name, scope, prefix, created, revoked"
+
+
+class PostgresReadAPI(PostgresReads):
+    @staticmethod
+    def _run_where(q: RunQuery, keyset: bool) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if q.status is not None:
+            clauses.append("status = %s")
+            args.append(q.status)
+        if q.playbook is not None:
+            clauses.append("strpos(playbook, %s) > 0")
+            args.append(q.playbook)
+        if q.since is not None:  # `started` is COLLATE "C": ISO times compare as bytes
+            clauses.append("started >= %s")
+            args.append(q.since)
+        if q.until is not None:
+            clauses.append("started < %s")
+            args.append(q.until)
+        if keyset and q.before_id is not None:
+            clauses.append("id < %s")
+            args.append(q.before_id)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def list_runs(self, query: RunQuery, limit: int) -> list[RunRow]:
+        where, args = self._run_where(query, keyset=True)
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs{where} ORDER BY id DESC LIMIT %s", [*args, limit]
+            ).fetchall()
+            return [self._run_row(conn, r) for r in rows]
+
+    def count_runs(self, query: RunQuery) -> int:
+        where, args = self._run_where(query, keyset=False)
+        with self._conn() as conn:
+            row = conn.execute(f"SELECT COUNT(*) FROM runs{where}", args).fetchone()
+            return int(row[0]) if row else 0
+
+    def event_page(
+        self,
+        run_id: int,
+        filters: EventFilter | None = None,
+        after: int = 0,
+        limit: int = 200,
+        offset: int = 0,
+    ) -> list[Event]:
+        with self._conn() as conn:
+            located = self._locate(conn, run_id)
+            if located is None:
+                return []
+            uuid, day = located
+            where, args = self._where(run_id, day, filters or EventFilter())
+            rows = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} AND counter > %s "
+                "ORDER BY counter LIMIT %s OFFSET %s",
+                [*args, after, limit, offset],
+            ).fetchall()
+        return [_event(uuid, r) for r in rows]
+
+    def max_counter(self, run_id: int) -> int:
+        with self._conn() as conn:
+            located = self._locate(conn, run_id)
+            if located is None:
+                return 0
+            row = conn.execute(
+                "SELECT MAX(counter) FROM events WHERE run_id = %s AND run_day = %s",
+                (run_id, located[1]),
+            ).fetchone()
+            return int(row[0] or 0) if row else 0
+
+    def stdout_line_offsets(self, run_id: int, counters: Sequence[int]) -> dict[int, int]:
+        if not counters:
+            return {}
+        wanted = sorted(set(counters))
+        with self._conn() as conn:
+            located = self._locate(conn, run_id)
+            if located is None:
+                return {}
+            rows = conn.execute(
+                """SELECT counter, before FROM (
+                    SELECT counter, SUM(n) OVER (ORDER BY counter ROWS UNBOUNDED PRECEDING) - n
+                           AS before
+                    FROM (SELECT counter, CASE WHEN stdout = '' THEN 0 ELSE
+                          length(stdout) - length(replace(stdout, chr(10), '')) + 1 END AS n
+                          FROM events WHERE run_id = %s AND run_day = %s AND counter <= %s) c
+                ) b WHERE counter = ANY(%s)""",
+                (run_id, located[1], wanted[-1], wanted),
+            ).fetchall()
+        return {int(c): int(b) for c, b in rows}
+
+    def open_runs(self, limit: int = 1000) -> list[RunLag]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT r.id, r.uuid, r.emitted, r.stored, COALESCE((SELECT MAX(e.counter) "
+                "FROM events e WHERE e.run_id = r.id AND e.run_day = r.run_day), 0) "
+                "FROM runs r WHERE r.status = 'running' "
+                "OR (r.emitted IS NOT NULL AND r.stored < r.emitted) "
+                "ORDER BY r.id DESC LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [
+            RunLag(rid, uuid, emitted, stored, int(top)) for rid, uuid, emitted, stored, top in rows
+        ]
+
+    # tokens
+
+    def add_token(self, name: str, scope: str, digest: str, prefix: str, created: str) -> TokenRow:
+        with self._conn() as conn:
+            try:
+                row = conn.execute(
+                    "INSERT INTO tokens (name, scope, digest, prefix, created) "
+                    "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                    (name, scope, digest, prefix, created),
+                ).fetchone()
+            except psycopg.errors.UniqueViolation as exc:
+                raise StoreError(f"a token named {name!r} exists already; revoke it first") from exc
+        return TokenRow(int(row[0]) if row else 0, name, scope, prefix, created)
+
+    def tokens(self) -> list[TokenRow]:
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY id").fetchall()
+        return [TokenRow(*r) for r in rows]
+
+    def token_by_digest(self, digest: str) -> TokenRow | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE digest=%s AND revoked IS NULL",
+                (digest,),
+            ).fetchone()
+        return TokenRow(*row) if row else None
+
+    def revoke_token(self, ref: str, when: str) -> TokenRow:
+        column = "id" if ref.isdigit() else "name"
+        with self._conn() as conn:
+            row = conn.execute(
+                f"UPDATE tokens SET revoked=%s WHERE {column}=%s AND revoked IS NULL "
+                f"RETURNING {_TOKEN_COLUMNS}",
+                (when, int(ref) if ref.isdigit() else ref),
+            ).fetchone()
+        if row is None:
+            raise TokenNotFound(f"no active token {ref!r}")
+        return TokenRow(*row)
