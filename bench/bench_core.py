@@ -35,11 +35,13 @@ from typing import Any
 from playledger.callback import plugin_path
 from playledger.events import GENESIS_HASH, Event, RunEnd, RunStart, encode_data, encode_record
 from playledger.events import seal as seal_event
+from playledger.settings import Settings
 from playledger.shipper import ship_spool
 from playledger.spool import SUFFIX, SpoolFile, SpoolWriter
-from playledger.store.sqlite import SCHEMA, SQLiteStore
+from playledger.store.sqlite import SQLiteStore
 
 BIN = Path(sys.executable).parent
+DEFAULT_BATCH = Settings.load(environ={}).batch_size
 TASK_NAMES = (
     "say hello",
     "remember a fact",
@@ -332,12 +334,11 @@ def ship(spool_dir: Path, db: Path, syn: Synthetic, batch_size: int, cpu: list[f
 
 
 def sqlite_floor(db: Path, syn: Synthetic, per_tx: int) -> float:
-    """executemany of the same rows into the same schema, WAL, synchronous=FULL."""
-    con = sqlite3.connect(db, isolation_level=None)
+    """executemany of the same rows, prebuilt, on the store's own connection: same schema and
+    pragmas (WAL, synchronous=FULL, cache and checkpoint sizes), none of the shipper's work."""
+    store = SQLiteStore(str(db))
+    con = store._db  # the writer connection, so its pragmas cannot drift from the store's
     try:
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-        con.executescript(SCHEMA)
         con.execute("INSERT INTO runs (uuid) VALUES (?)", (syn.run,))
         sql = f"INSERT INTO events VALUES (?{', ?' * 19})"
         rows = syn.rows
@@ -348,7 +349,7 @@ def sqlite_floor(db: Path, syn: Synthetic, per_tx: int) -> float:
             con.execute("COMMIT")
         return time.perf_counter() - t0
     finally:
-        con.close()
+        store.close()
 
 
 @dataclass
@@ -357,34 +358,39 @@ class IngestResults:
     record_bytes: float
     prepare_s: float
     append: list[float] = field(default_factory=list)
-    ship: list[float] = field(default_factory=list)
-    ship_cpu: list[float] = field(default_factory=list)  # the shipper's own CPU seconds
+    ship: dict[int, list[float]] = field(default_factory=dict)  # batch size -> seconds
+    ship_cpu: dict[int, list[float]] = field(default_factory=dict)  # the shipper's CPU seconds
     floor: list[float] = field(default_factory=list)
 
 
-def bench_ingest(root: Path, n: int, repeat: int, batch_size: int, per_tx: int) -> IngestResults:
+def bench_ingest(
+    root: Path, n: int, repeat: int, batch_sizes: list[int], per_tx: int
+) -> IngestResults:
     print(f"  synthesizing {n:,} events", file=sys.stderr, flush=True)
     syn = synthesize(n)
     gc.collect()
     gc.freeze()  # the million rows kept for the floor must not slow the shipper's GC passes
     size = sum(len(p) for p in syn.payloads[1:-1]) / n
     res = IngestResults(n, size, syn.prepare_s)
+    steps: list[int | None] = [None, *batch_sizes]  # None: the raw floor
     for rep in range(repeat):
-        spool_dir = root / f"spool-{rep}"
-        res.append.append(write_spool(spool_dir, syn))
-        # Alternate which of the two goes first: the second one meets a warmer page cache.
-        for step in ("ship", "floor") if rep % 2 == 0 else ("floor", "ship"):
-            if step == "ship":
-                db = root / f"ship-{rep}.db"
-                res.ship.append(ship(spool_dir, db, syn, batch_size, res.ship_cpu))
-                took = res.ship[-1]
-            else:
-                res.floor.append(sqlite_floor(root / f"floor-{rep}.db", syn, per_tx))
+        # Alternate the order: a later step meets a warmer page cache and a bigger WAL history.
+        for step in steps if rep % 2 == 0 else steps[::-1]:
+            db = root / f"{step or 'floor'}-{rep}.db"
+            if step is None:
+                res.floor.append(sqlite_floor(db, syn, per_tx))
                 took = res.floor[-1]
-            print(f"  rep {rep + 1}: {step}: {n / took:,.0f}/s", file=sys.stderr, flush=True)
-        for stale in root.glob(f"*-{rep}.db*"):
-            stale.unlink()
-        shutil.rmtree(spool_dir)
+            else:
+                spool_dir = root / f"spool-{step}-{rep}"
+                res.append.append(write_spool(spool_dir, syn))
+                cpu = res.ship_cpu.setdefault(step, [])
+                res.ship.setdefault(step, []).append(ship(spool_dir, db, syn, step, cpu))
+                took = res.ship[step][-1]
+                shutil.rmtree(spool_dir)
+            name = f"ship, batch {step}" if step else "floor"
+            print(f"  rep {rep + 1}: {name}: {n / took:,.0f}/s", file=sys.stderr, flush=True)
+            for stale in root.glob(f"{db.name}*"):
+                stale.unlink()
     return res
 
 
@@ -398,8 +404,14 @@ def main() -> None:
     parser.add_argument("--forks", type=int, default=10, help="ansible-playbook -f (default 10)")
     parser.add_argument("--repeat", type=int, help="runs per variant (default 3; quick 1)")
     parser.add_argument("--events", type=int, default=1_000_000, help="synthetic events")
-    parser.add_argument("--batch-size", type=int, default=2000, help="shipper batch size")
-    parser.add_argument("--floor-tx", type=int, default=1000, help="rows per floor transaction")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_BATCH],
+        help=f"shipper batch size(s) to measure (default {DEFAULT_BATCH}, PLAYLEDGER_BATCH_SIZE)",
+    )
+    parser.add_argument("--floor-tx", type=int, default=2000, help="rows per floor transaction")
     parser.add_argument("--skip-callback", action="store_true", help="only the ingest part")
     parser.add_argument("--skip-ingest", action="store_true", help="only the callback part")
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: /tmp)")
@@ -430,7 +442,8 @@ def main() -> None:
         if not args.skip_ingest:
             print(f"ingest: {args.events:,} events", file=sys.stderr)
             (root / "in").mkdir()
-            r = bench_ingest(root / "in", args.events, repeat, args.batch_size, args.floor_tx)
+            batches = args.batch_size
+            r = bench_ingest(root / "in", args.events, repeat, batches, args.floor_tx)
             n = r.events
             rows += [
                 (
@@ -444,16 +457,21 @@ def main() -> None:
                     "",
                 ),
                 (
-                    f"raw SQLite floor: executemany, {args.floor_tx} rows/tx, WAL, sync=FULL",
+                    f"raw SQLite floor: executemany, {args.floor_tx} rows/tx, store's schema "
+                    "and pragmas (WAL, synchronous=FULL)",
                     fmt_rate(n / median(r.floor)),
                     "",
                 ),
-                (
-                    f"spool -> shipper -> SQLiteStore, batch {args.batch_size}, durable",
-                    f"{fmt_rate(n / median(r.ship))} ({n / median(r.ship_cpu):,.0f} per CPU-s)",
-                    f"{median(r.floor) / median(r.ship):.2f} of floor (target >= 50,000/s)",
-                ),
             ]
+            for batch in args.batch_size:
+                t = median(r.ship[batch])
+                rows.append(
+                    (
+                        f"spool -> shipper -> SQLiteStore, batch {batch}, durable",
+                        f"{fmt_rate(n / t)} ({n / median(r.ship_cpu[batch]):,.0f} per CPU-s)",
+                        f"{median(r.floor) / t:.2f} of floor (target >= 50,000/s)",
+                    )
+                )
 
     print(
         f"\nplayledger bench_core, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "

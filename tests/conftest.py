@@ -15,6 +15,9 @@ import pytest
 from playledger.settings import Settings
 from playledger.store import Store, open_store
 
+# Fixtures of the API tests (a store per backend, the app in process with tokens).
+pytest_plugins = ["apitest"]
+
 TESTS = Path(__file__).resolve().parent
 PLUGINS = TESTS / "plugins"
 PYTHON = sys.executable

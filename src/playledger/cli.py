@@ -427,6 +427,13 @@ def ship(
                 "run `playledger ship` to finish",
                 err=r.last_error is not None,
             )
+        elif not r.finished and r.last_error is not None:
+            failed = True  # all sent, but the next hop has not confirmed it: the spool stays
+            click.echo(
+                f"run {r.run}: {r.inserted:,} sent, not confirmed ({r.last_error}); the spool "
+                "is kept: run `playledger ship` to finish",
+                err=True,
+            )
         elif not follow_run:
             click.echo(f"run {r.run}: {r.inserted:,} stored, {r.duplicates:,} already stored")
     if not reports and not follow_run:
@@ -571,6 +578,149 @@ def token_revoke(ctx: click.Context, ref: str) -> None:
     with _store(_settings(ctx.find_root())) as store:
         row = store.revoke_token(ref, utc_now())
     click.echo(f"token {row.id} {row.name!r} revoked")
+
+
+# --- NATS JetStream: workers and the stream (docs/nats.md) ------------------------------------
+
+
+@cli.command()
+@click.option("--nats", "nats_url", metavar="URL", default=None, help="PLAYLEDGER_NATS_URL.")
+@click.option(
+    "--db", "db_url", metavar="URL", default=None, help="Store, e.g. postgresql://... (--db)."
+)
+@click.option(
+    "--metrics-port", type=int, default=None, help="PLAYLEDGER_WORKER_METRICS_PORT (0: off)."
+)
+@click.pass_context
+@errors
+def worker(
+    ctx: click.Context, nats_url: str | None, db_url: str | None, metrics_port: int | None
+) -> None:
+    """Commit the JetStream stream's batches into the store; run as many as needed (they
+    share one durable consumer). SIGTERM: commit and ack what is in hand, then exit 0."""
+    from playledger.worker import WorkerConfig, run_worker
+
+    base = _settings(ctx)
+    settings = Settings.load(
+        db=db_url or base.db,
+        nats_url=nats_url,
+        worker_metrics_port=None if metrics_port is None else str(metrics_port),
+    )
+    config = WorkerConfig(
+        nats_url=settings.nats_url,
+        stream=settings.nats_stream,
+        subject=settings.nats_subject,
+        consumer=settings.nats_consumer,
+        fetch=settings.worker_fetch,
+        commit_records=settings.max_batch_records,
+        max_event_bytes=settings.max_event_bytes,
+        connect_timeout=settings.nats_timeout,
+    )
+    store = open_store(settings.db, settings.busy_timeout, settings.db_pool_size)
+    try:
+        totals = run_worker(
+            config, store, settings.worker_metrics_host, settings.worker_metrics_port
+        )
+    finally:
+        store.close()
+    click.echo(
+        f"worker: {totals['messages_consumed']:,} messages consumed "
+        f"({totals['messages_redelivered']:,} redelivered), "
+        f"{totals['events_committed']:,} events committed",
+        err=True,
+    )
+
+
+@cli.group()
+def streams() -> None:
+    """The JetStream stream and durable consumer of the NATS transport."""
+
+
+@streams.command("init")
+@click.option("--nats", "nats_url", metavar="URL", default=None, help="PLAYLEDGER_NATS_URL.")
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Copies of each message in a NATS cluster; use 3 there (an ack = on 3 servers).",
+)
+@click.option(
+    "--retention",
+    type=click.Choice(["workqueue", "limits"]),
+    default="workqueue",
+    show_default=True,
+    help="workqueue: a batch is deleted once a worker committed it; limits: kept until "
+    "--max-age (replayable).",
+)
+@click.option("--max-age", default="7d", show_default=True, help="Batches older expire.")
+@click.option(
+    "--max-bytes", type=int, default=-1, show_default=True, help="Stream size cap (-1: none)."
+)
+@click.option("--duplicate-window", default="10m", show_default=True, help="De-dup window.")
+@click.option("--ack-wait", default="30s", show_default=True, help="Redeliver after this.")
+@click.option("--max-ack-pending", type=int, default=1024, show_default=True)
+@click.pass_context
+@errors
+def streams_init(
+    ctx: click.Context,
+    nats_url: str | None,
+    replicas: int,
+    retention: str,
+    max_age: str,
+    max_bytes: int,
+    duplicate_window: str,
+    ack_wait: str,
+    max_ack_pending: int,
+) -> None:
+    """Create or update the stream and consumer (idempotent: run it on every deploy)."""
+    from playledger.jetstream import StreamOptions, Subjects, administer, init_stream
+    from playledger.jetstream import parse_duration as secs
+
+    settings = Settings.load(db=_settings(ctx.find_root()).db, nats_url=nats_url)
+    options = StreamOptions(
+        replicas=replicas,
+        retention=retention,
+        max_age=secs("--max-age", max_age),
+        max_bytes=max_bytes,
+        duplicate_window=secs("--duplicate-window", duplicate_window),
+        ack_wait=secs("--ack-wait", ack_wait),
+        max_ack_pending=max_ack_pending,
+    )
+    lines = administer(
+        settings.nats_url,
+        settings.nats_timeout,
+        lambda nc: init_stream(
+            nc,
+            settings.nats_stream,
+            Subjects(settings.nats_subject),
+            settings.nats_consumer,
+            options,
+        ),
+    )
+    click.echo("\n".join(lines))
+
+
+@streams.command("status")
+@click.option("--nats", "nats_url", metavar="URL", default=None, help="PLAYLEDGER_NATS_URL.")
+@click.pass_context
+@errors
+def streams_status(ctx: click.Context, nats_url: str | None) -> None:
+    """Messages in the stream; pending, unacknowledged and redelivered in the consumer."""
+    from playledger.jetstream import administer, stream_status
+
+    settings = Settings.load(db=_settings(ctx.find_root()).db, nats_url=nats_url)
+    status = administer(
+        settings.nats_url,
+        settings.nats_timeout,
+        lambda nc: stream_status(nc, settings.nats_stream, settings.nats_consumer),
+    )
+    click.echo(
+        f"stream {status['stream']}: {status['messages']:,} messages, {status['bytes']:,} bytes; "
+        f"consumer {status['consumer']}: {status['pending']:,} pending, "
+        f"{status['ack_pending']:,} unacknowledged, {status['redelivered']:,} redelivered, "
+        f"{status['waiting']:,} waiting pulls"
+    )
 
 
 @cli.command("callback-path")

@@ -37,6 +37,13 @@ class StoreBusy(StoreError):
     """The store is locked or unavailable for now; the caller retries with backoff."""
 
 
+class ResendNeeded(StoreBusy):
+    """The next hop acknowledged records that never reached its store, and none is still on
+    its way (a broker lost acknowledged messages: a crash before its file store synced, or
+    they expired). The shipper sends the spool again from the start; the store takes it
+    idempotently."""
+
+
 class RunConflict(PlayledgerError):
     """A record collides with a *different* record already stored under the same run and
     counter (a reused run id). Never counted as a duplicate, never retried: the spool is kept

@@ -144,11 +144,12 @@ def run_playbook(args: Sequence[str], settings: Settings) -> RunOutcome:
 
 
 def _outcome_from_server(settings: Settings, run_id: str, rc: int, shipper_rc: int) -> RunOutcome:
-    """With an HTTP sink: the exit code goes to the server and the verify report comes from it;
-    what is still in the local spool (or quarantined in it) is added from here."""
-    from playledger.sinks.http import HttpSink
+    """With a remote sink (HTTP server or NATS workers): the exit code goes to the store and
+    the verify report comes from it; what is still in the local spool (or quarantined in it)
+    is added from here."""
+    from playledger.sinks import open_remote_sink
 
-    sink = HttpSink(settings.sink, settings.token, timeout=settings.http_timeout)
+    sink = open_remote_sink(settings)
     try:
         try:
             sink.set_exit_code(run_id, rc)

@@ -59,10 +59,47 @@ def _port(value: str) -> int:
     return number
 
 
+NATS_SCHEMES = ("nats://", "tls://")
+
+
 def _sink_url(value: str) -> str:
-    if value and not value.startswith(("http://", "https://")):
-        raise ValueError("must be empty (store directly) or an http:// or https:// URL")
+    if value and not value.startswith(("http://", "https://", *NATS_SCHEMES)):
+        raise ValueError(
+            "must be empty (store directly), an http:// or https:// URL, "
+            "or nats:// (tls://) server URLs"
+        )
     return value.rstrip("/")
+
+
+def _nats_url(value: str) -> str:
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls or not all(u.startswith(NATS_SCHEMES) for u in urls):
+        raise ValueError("must be nats:// (or tls://) URLs, comma-separated for a cluster")
+    return ",".join(urls)
+
+
+def _nats_name(value: str) -> str:
+    """A stream or consumer name: no dots, wildcards or spaces (JetStream's own rule)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValueError("must be 1-64 letters, digits, '_' or '-'")
+    return value
+
+
+def _subject_prefix(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", value):
+        raise ValueError("must be dot-separated tokens of letters, digits, '_' or '-'")
+    return value
+
+
+def _above_zero(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be > 0")
+    return number
+
+
+def _port_or_off(value: str) -> int:
+    return 0 if value.strip() == "0" else _port(value)
 
 
 def _regex(value: str) -> str:
@@ -139,8 +176,9 @@ SETTINGS: tuple[Setting, ...] = (
         "batch_size",
         "PLAYLEDGER_BATCH_SIZE",
         _positive_int,
-        lambda: "2000",
-        "Events per store transaction when shipping.",
+        lambda: "10000",
+        "Events per store transaction when shipping (larger batches amortise the index pages "
+        "each commit rewrites: see docs/benchmarks.md).",
     ),
     Setting(
         "ship_timeout",
@@ -173,7 +211,9 @@ SETTINGS: tuple[Setting, ...] = (
         _sink_url,
         lambda: "",
         "Where the shipper delivers: empty = straight into PLAYLEDGER_DB; "
-        "http://host:port = a 'playledger serve' (needs PLAYLEDGER_TOKEN with the ingest scope).",
+        "http://host:port = a 'playledger serve' (needs PLAYLEDGER_TOKEN with the ingest scope); "
+        "nats://host:4222 (comma-separated for a cluster) = a JetStream stream drained into "
+        "PostgreSQL by 'playledger worker' (docs/nats.md).",
     ),
     Setting(
         "token",
@@ -242,6 +282,76 @@ SETTINGS: tuple[Setting, ...] = (
         lambda: "60",
         "HTTP sink: seconds one request may take (connect, send, commit, answer).",
     ),
+    # --- NATS JetStream transport and workers (docs/nats.md) ---
+    Setting(
+        "nats_url",
+        "PLAYLEDGER_NATS_URL",
+        _nats_url,
+        lambda: "nats://127.0.0.1:4222",
+        "NATS server(s) 'playledger worker' and 'playledger streams' connect to "
+        "(comma-separated URLs for a cluster). Shippers use PLAYLEDGER_SINK=nats://...",
+    ),
+    Setting(
+        "nats_stream",
+        "PLAYLEDGER_NATS_STREAM",
+        _nats_name,
+        lambda: "PLAYLEDGER",
+        "JetStream stream that carries event batches (created by 'playledger streams init').",
+    ),
+    Setting(
+        "nats_subject",
+        "PLAYLEDGER_NATS_SUBJECT",
+        _subject_prefix,
+        lambda: "playledger",
+        "Subject prefix: batches go to <prefix>.events.<run uuid>, refused messages to "
+        "<prefix>.dead.<run uuid>, worker requests to <prefix>.control.<op>.",
+    ),
+    Setting(
+        "nats_consumer",
+        "PLAYLEDGER_NATS_CONSUMER",
+        _nats_name,
+        lambda: "playledger-workers",
+        "Durable pull consumer shared by every 'playledger worker' (also their queue group).",
+    ),
+    Setting(
+        "nats_timeout",
+        "PLAYLEDGER_NATS_TIMEOUT",
+        _above_zero,
+        lambda: "10",
+        "NATS sink: seconds to connect or to wait for JetStream's publish acknowledgement "
+        "before the shipper backs off (the records stay in the spool).",
+    ),
+    Setting(
+        "nats_confirm_timeout",
+        "PLAYLEDGER_NATS_CONFIRM_TIMEOUT",
+        _above_zero,
+        lambda: "30",
+        "NATS sink: at the end of a run, seconds to wait for the workers to confirm that "
+        "PostgreSQL holds every published event before the spool is removed; unconfirmed, "
+        "the spool is kept and the shipper retries (a JetStream ack is not an fsync).",
+    ),
+    Setting(
+        "worker_fetch",
+        "PLAYLEDGER_WORKER_FETCH",
+        _positive_int,
+        lambda: "16",
+        "Worker: messages (each a shipper batch) pulled per fetch; committed in transactions "
+        "of up to PLAYLEDGER_MAX_BATCH_RECORDS records, acknowledged after each commit.",
+    ),
+    Setting(
+        "worker_metrics_host",
+        "PLAYLEDGER_WORKER_METRICS_HOST",
+        str,
+        lambda: "127.0.0.1",
+        "Worker: address of its Prometheus metrics endpoint.",
+    ),
+    Setting(
+        "worker_metrics_port",
+        "PLAYLEDGER_WORKER_METRICS_PORT",
+        _port_or_off,
+        lambda: "9465",
+        "Worker: TCP port of its Prometheus metrics endpoint (/metrics); 0 turns it off.",
+    ),
 )
 
 
@@ -268,6 +378,15 @@ class Settings:
     max_event_bytes: int
     ingest_queue: int
     http_timeout: float
+    nats_url: str
+    nats_stream: str
+    nats_subject: str
+    nats_consumer: str
+    nats_timeout: float
+    nats_confirm_timeout: float
+    worker_fetch: int
+    worker_metrics_host: str
+    worker_metrics_port: int
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from playledger.errors import BatchRejected, RunConflict, StoreError
+from playledger.errors import BatchRejected, ResendNeeded, RunConflict, StoreError
 from playledger.events import Record, RunStart, record_decoder
 from playledger.sinks import Sink
 from playledger.spool import HEADER, Bad, SpoolFile, list_runs, writer_alive
@@ -86,24 +86,34 @@ def _decode(spool: SpoolFile, payloads: list[tuple[int, bytes]]) -> tuple[list[R
     return records, bad
 
 
-def _ingest(
-    sink: Sink, spool: SpoolFile, payloads: list[tuple[int, bytes]], records: list[Record]
-) -> tuple[IngestResult, list[Bad]]:
-    """Ingest `records`; those the next hop refuses for good (BatchRejected: malformed) come
-    back as byte ranges to quarantine, and the rest is sent again without them. One bad
-    record must never block the spool, nor take its good neighbours with it."""
-    spans: list[tuple[int, int]] = []  # (offset, length) of each record in `records`
+def _spans(payloads: list[tuple[int, bytes]]) -> list[tuple[int, int]]:
+    """(offset, length) of each payload that decodes, i.e. of each record `_decode` returned.
+
+    Only needed when the sink refuses records, so the happy path never decodes twice."""
+    spans = []
     for end, payload in payloads:
         try:
             record_decoder.decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue  # already reported as undecodable by _decode
         spans.append((end - len(payload) - HEADER.size, len(payload) + HEADER.size))
+    return spans
+
+
+def _ingest(
+    sink: Sink, spool: SpoolFile, payloads: list[tuple[int, bytes]], records: list[Record]
+) -> tuple[IngestResult, list[Bad]]:
+    """Ingest `records`; those the next hop refuses for good (BatchRejected: malformed) come
+    back as byte ranges to quarantine, and the rest is sent again without them. One bad
+    record must never block the spool, nor take its good neighbours with it."""
+    spans: list[tuple[int, int]] | None = None  # of each record in `records`; on first refusal
     refused: list[Bad] = []
     while True:
         try:
             return sink.ingest(records), refused
         except BatchRejected as exc:
+            if spans is None:
+                spans = _spans(payloads)
             named = {i: r for i, r in exc.rejected.items() if 0 <= i < len(records)}
             if not named:  # the whole batch, or indexes we cannot place: all of it
                 named = dict.fromkeys(range(len(records)), str(exc))
@@ -183,6 +193,7 @@ def _ship_locked(
 ) -> None:
     offset = spool.acked()
     backoff = POLL_INTERVAL
+    requarantined: set[int] = set()  # after a resend: bad ranges already quarantined
     deadline: float | None = None if follow_pid is not None else clock() + timeout
     while True:
         exists = spool.path.exists()
@@ -222,6 +233,8 @@ def _ship_locked(
         if committed and (records or bad):
             new_offset = chunk.end
             for b in sorted(bad, key=lambda b: b.offset):
+                if b.offset in requarantined:
+                    continue
                 spool.quarantine(b)
                 report.quarantined.append(b)
                 log.error(
@@ -246,9 +259,29 @@ def _ship_locked(
                 # aborted; a no-op when the final record is stored.
                 try:
                     store.mark_aborted(spool.run)
+                except RunConflict as exc:
+                    report.conflict = str(exc)
+                    log.error("run %s: %s", spool.run, exc)
+                    return
+                except ResendNeeded as exc:
+                    # A broker acknowledged records its store never got: ship it all again.
+                    report.last_error = str(exc)
+                    committed = False
+                    requarantined = {
+                        o for q in spool.quarantined() if isinstance(o := q.get("offset"), int)
+                    }
+                    spool.set_acked(0)
+                    offset = 0
                 except StoreError as exc:
                     report.last_error = str(exc)
                     committed = False
+                    log.warning(
+                        "run %s: shipped, not yet confirmed (the spool is kept), retrying in "
+                        "%.2fs: %s",
+                        spool.run,
+                        backoff,
+                        exc,
+                    )
                 else:
                     spool.remove()
             if committed:

@@ -20,7 +20,7 @@ from playledger.api import awx, ingest, v1
 from playledger.api.auth import require
 from playledger.api.ingest import RETRY_AFTER, Gate, Writer
 from playledger.api.metrics import TEXT, Metrics
-from playledger.api.schema import ApiError, ErrorItem, error_response, json_response
+from playledger.api.schema import ApiError, ErrorItem, error_response, json_response, ref
 from playledger.api.settings import ApiSettings, check_bind
 from playledger.api.state import AppState, state
 from playledger.errors import (
@@ -70,8 +70,9 @@ def awx_metrics(
 
 
 def _message(exc: Exception) -> str:
-    """Library messages name the store's file; an API client has no use for the path."""
-    return str(exc).rsplit(" in /", 1)[0]
+    """Library messages end by naming the store (a file path or a database URL, perhaps with
+    credentials); an API client gets the message without it."""
+    return str(exc).rsplit(" in ", 1)[0]
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -106,10 +107,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             return error_response(409, "run_conflict", _message(exc))
         if isinstance(exc, StoreBusy):
             state(request).metrics.throttled.inc()
-            return error_response(503, "store_busy", _message(exc), headers=retry)
-        if isinstance(exc, StoreError):
+            log.warning("store busy: %s", exc)
+            return error_response(503, "store_busy", "the store is busy; retry", headers=retry)
+        if isinstance(exc, StoreError):  # details (which may name the database) only in the log
             log.error("store unavailable: %s", exc)
-            return error_response(503, "store_unavailable", _message(exc), headers=retry)
+            message = "the store is unavailable (see the server log); retry"
+            return error_response(503, "store_unavailable", message, headers=retry)
         if isinstance(exc, UsageError):
             return error_response(400, "invalid_request", _message(exc))
         log.error("%s %s: %s", request.method, request.url.path, exc)
@@ -165,7 +168,16 @@ def create_app(store: Store, settings: ApiSettings) -> FastAPI:
                 routes=app.routes,
             )
             components = doc.setdefault("components", {})
-            components.setdefault("schemas", {}).update(openapi_components())
+            schemas = components.setdefault("schemas", {})
+            # Bad parameters are answered 400 in the one error shape, not FastAPI's 422.
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            for operations in doc.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None and "400" not in responses:
+                        responses["400"] = {"description": "Bad Request", **ref("ErrorBody")}
+            schemas.update(openapi_components())
             components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             doc["security"] = [{"bearer": []}]
             app.openapi_schema = doc

@@ -256,12 +256,26 @@ def paginated(
     )
 
 
+def drf_format(
+    format: Annotated[str | None, Query(description="json (DRF's format switch)")] = None,
+) -> None:
+    """AWX (Django REST framework) accepts ?format=json on every route; so do these."""
+    if format not in (None, "json", "api"):
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            "format must be json",
+            [ErrorItem(None, "format", f"unknown format {format!r}")],
+        )
+
+
+JSON_FORMAT = Depends(drf_format)
 Page = Annotated[int, Query(ge=1)]
 PageSize = Annotated[int, Query(ge=1)]
 
 
 @router.get("/api/v2/jobs/{job_id}/", summary="AWX: one job")
-def get_job(request: Request, job_id: int, _: object = READ) -> Response:
+def get_job(request: Request, job_id: int, _: object = READ, __: None = JSON_FORMAT) -> Response:
     return json_response(job(_job(request, job_id)))
 
 
@@ -282,6 +296,7 @@ def _events(
     counter__lt: int | None = None,
     counter__lte: int | None = None,
     _: object = READ,
+    __: None = JSON_FORMAT,
 ) -> Response:
     if order_by not in ("counter", "id"):
         raise ApiError(
@@ -323,6 +338,7 @@ def get_host_summaries(
     host_name: str | None = None,
     failed: bool | None = None,
     _: object = READ,
+    __: None = JSON_FORMAT,
 ) -> Response:
     page_size = min(page_size, MAX_PAGE_SIZE)
     run = _job(request, job_id)

@@ -36,8 +36,8 @@ from playledger.api.schema import (
     json_response,
     ref,
 )
-from playledger.api.state import state
-from playledger.store.base import Store
+from playledger.api.state import AppState, state
+from playledger.store.base import IngestResult, Store
 
 log = logging.getLogger("playledger.api")
 T = TypeVar("T")
@@ -257,29 +257,72 @@ async def ingest(request: Request, _: object = Depends(require("ingest"))) -> Re
     st = state(request)
     s = st.settings
     limits = Limits(s.max_batch_bytes, s.max_batch_records, s.max_event_bytes)
+    release = _admit(st)
+    try:
+        body, big = await _read_body(request, limits, s.max_record_bytes, st.gate)
+    except BaseException:
+        release()
+        raise
+    if big:
+        release = _also_big(st.gate, release)
+    try:
+        records = await run_in_threadpool(decode_batch, body, limits)
+    except BaseException as exc:
+        release()
+        if isinstance(exc, ApiError):
+            st.metrics.rejected.labels("invalid" if exc.status == 400 else "too_large").inc()
+            st.metrics.quarantined.inc(len(exc.errors))
+        raise
+    del body
+
+    def commit() -> IngestResult:
+        result = st.store.ingest(records)
+        st.metrics.ingested.inc(result.inserted)  # counted here: the client may be gone
+        st.metrics.duplicates.inc(result.duplicates)
+        return result
+
+    result = await _write(st, commit, release, timed=True)
+    return json_response(IngestResponse(len(records), result.inserted, result.duplicates))
+
+
+def _admit(st: AppState) -> Callable[[], None]:
+    """Take an in-flight slot or answer 503; returns the function that frees it (once)."""
     if not st.gate.enter():
         st.metrics.throttled.inc()
         raise _busy(f"{st.gate.size} ingest batches in flight (PLAYLEDGER_INGEST_QUEUE); retry")
-    big = False
+    done = False
+
+    def release() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            st.gate.leave()
+
+    return release
+
+
+def _also_big(gate: Gate, release: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        gate.big_in_use = False
+        release()
+
+    return both
+
+
+async def _write(
+    st: AppState, fn: Callable[[], T], release: Callable[[], None], timed: bool = False
+) -> T:
+    """Run `fn` on a writer thread and wait for it. The in-flight slot is freed when the
+    write is over, not when the request is: a client that hangs up must not leave work queued
+    behind the bound. (A write not yet started is cancelled with its request.)"""
+    loop = asyncio.get_running_loop()
     try:
-        body, big = await _read_body(request, limits, s.max_record_bytes, st.gate)
-        try:
-            records = await run_in_threadpool(decode_batch, body, limits)
-        except ApiError as exc:
-            reason = "invalid" if exc.status == 400 else "too_large"
-            st.metrics.rejected.labels(reason).inc()
-            st.metrics.quarantined.inc(len(exc.errors))
-            raise
-        del body
-        future = st.writer.submit(lambda: st.store.ingest(records), timed=True)
-        result = await asyncio.wrap_future(future)
-    finally:
-        st.gate.leave()
-        if big:
-            st.gate.big_in_use = False
-    st.metrics.ingested.inc(result.inserted)
-    st.metrics.duplicates.inc(result.duplicates)
-    return json_response(IngestResponse(len(records), result.inserted, result.duplicates))
+        future = st.writer.submit(fn, timed)
+    except BaseException:
+        release()
+        raise
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
+    return await asyncio.wrap_future(future)
 
 
 @router.post(
@@ -290,7 +333,7 @@ async def mark_aborted(
     request: Request, run_uuid: str, _: object = Depends(require("ingest"))
 ) -> Response:
     st = state(request)
-    await asyncio.wrap_future(st.writer.submit(lambda: st.store.mark_aborted(run_uuid)))
+    await _write(st, lambda: st.store.mark_aborted(run_uuid), _admit(st))
     return json_response({"run": run_uuid, "ok": True})
 
 
@@ -308,5 +351,5 @@ async def set_exit_code(
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ApiError(400, "invalid_body", f'expected {{"exit_code": <int>}}: {exc}') from exc
     await run_in_threadpool(st.store.run, run_uuid)  # RunNotFound -> 404
-    await asyncio.wrap_future(st.writer.submit(lambda: st.store.set_exit_code(run_uuid, code)))
+    await _write(st, lambda: st.store.set_exit_code(run_uuid, code), _admit(st))
     return json_response({"run": run_uuid, "exit_code": code})

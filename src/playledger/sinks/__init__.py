@@ -1,4 +1,5 @@
-"""Where the shipper delivers: the store directly, or `playledger serve` over HTTP (NATS next).
+"""Where the shipper delivers: the store directly, `playledger serve` over HTTP, or a NATS
+JetStream stream drained by `playledger worker`s.
 
 A sink is the write side of a store: an atomic, idempotent batch ingest, and marking a run whose
 writer died without its final record. Every `Store` is a sink.
@@ -7,10 +8,10 @@ writer died without its final record. Every `Store` is a sink.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from playledger.events import Event, RunEnd, RunStart
-from playledger.settings import Settings
+from playledger.settings import NATS_SCHEMES, Settings
 from playledger.store.base import IngestResult
 
 
@@ -24,18 +25,44 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def open_sink(settings: Settings) -> Sink:
-    """The configured sink: PLAYLEDGER_SINK=http(s)://... or, when empty, the store itself."""
-    if settings.sink:
-        from playledger.sinks.http import HttpSink
+class RemoteSink(Sink, Protocol):
+    """A sink in front of a store this process cannot open: `playledger run` asks it."""
 
-        return HttpSink(
+    def set_exit_code(self, run_uuid: str, exit_code: int) -> None: ...
+
+    def verify(self, run_uuid: str) -> dict[str, Any]:
+        """The store's verify report of the run, with `hosts`."""
+        ...
+
+
+def open_remote_sink(settings: Settings) -> RemoteSink:
+    """PLAYLEDGER_SINK=nats://... (NATS JetStream) or http(s)://... (`playledger serve`)."""
+    if settings.sink.startswith(NATS_SCHEMES):
+        from playledger.sinks.nats import NatsSink
+
+        return NatsSink(
             settings.sink,
-            settings.token,
-            timeout=settings.http_timeout,
-            max_batch_bytes=settings.max_batch_bytes,
-            max_batch_records=settings.max_batch_records,
+            stream=settings.nats_stream,
+            subject=settings.nats_subject,
+            consumer=settings.nats_consumer,
+            timeout=settings.nats_timeout,
+            confirm_timeout=settings.nats_confirm_timeout,
         )
+    from playledger.sinks.http import HttpSink
+
+    return HttpSink(
+        settings.sink,
+        settings.token,
+        timeout=settings.http_timeout,
+        max_batch_bytes=settings.max_batch_bytes,
+        max_batch_records=settings.max_batch_records,
+    )
+
+
+def open_sink(settings: Settings) -> Sink:
+    """The configured sink: PLAYLEDGER_SINK (HTTP or NATS) or, when empty, the store itself."""
+    if settings.sink:
+        return open_remote_sink(settings)
     from playledger.store import open_store
 
     return open_store(settings.db, settings.busy_timeout)

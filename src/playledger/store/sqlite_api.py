@@ -135,16 +135,20 @@ class SQLiteReadAPI:
             return {}
         wanted = sorted(set(counters))
         marks = ",".join("?" * len(wanted))
-        rows = self._reader().execute(
-            f"""SELECT counter, before FROM (
+        rows = (
+            self._reader()
+            .execute(
+                f"""SELECT counter, before FROM (
                 SELECT counter, SUM(n) OVER (ORDER BY counter ROWS UNBOUNDED PRECEDING) - n
                        AS before
                 FROM (SELECT counter, CASE WHEN stdout = '' THEN 0 ELSE
                       length(stdout) - length(replace(stdout, char(10), '')) + 1 END AS n
                       FROM events WHERE run_id = ? AND counter <= ?)
             ) WHERE counter IN ({marks})""",
-            [run_id, wanted[-1], *wanted],
-        ).fetchall()
+                [run_id, wanted[-1], *wanted],
+            )
+            .fetchall()
+        )
         return {int(c): int(b) for c, b in rows}
 
     def open_runs(self, limit: int = 1000) -> list[RunLag]:
