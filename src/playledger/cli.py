@@ -45,7 +45,7 @@ def errors(fn: F) -> F:
 
 @contextmanager
 def _store(settings: Settings) -> Iterator[Store]:
-    store = open_store(settings.db, settings.busy_timeout)
+    store = open_store(settings.db, settings.busy_timeout, settings.db_pool_size)
     try:
         yield store
     finally:

@@ -83,8 +83,8 @@ class RunOutcome:
 def run_playbook(args: Sequence[str], settings: Settings) -> RunOutcome:
     """Run ansible-playbook with recording; returns its exit code and the verify report."""
     check_writable(settings.spool_dir)  # refuse before Ansible starts, not halfway through
-    if not settings.sink:
-        store = open_store(settings.db, settings.busy_timeout)  # likewise for the store
+    if not settings.sink:  # likewise a store that cannot be opened
+        store = open_store(settings.db, settings.busy_timeout, settings.db_pool_size)
         store.close()
     run_id = str(uuidlib.uuid4())
     env = ansible_environment(os.environ, settings, run_id)
@@ -130,7 +130,7 @@ def run_playbook(args: Sequence[str], settings: Settings) -> RunOutcome:
 
     if settings.sink:
         return _outcome_from_server(settings, run_id, rc, shipper_rc)
-    store = open_store(settings.db, settings.busy_timeout)
+    store = open_store(settings.db, settings.busy_timeout, settings.db_pool_size)
     try:
         try:
             run = store.run(run_id)

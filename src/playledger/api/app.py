@@ -195,7 +195,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
     api_settings = ApiSettings.from_settings(settings)
     check_bind(host, api_settings.auth)
-    store = open_store(settings.db, settings.busy_timeout)
+    store = open_store(settings.db, settings.busy_timeout, settings.db_pool_size)
     try:
         if api_settings.auth and not any(t.revoked is None for t in store.tokens()):
             log.warning(

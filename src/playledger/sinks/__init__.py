@@ -65,4 +65,4 @@ def open_sink(settings: Settings) -> Sink:
         return open_remote_sink(settings)
     from playledger.store import open_store
 
-    return open_store(settings.db, settings.busy_timeout)
+    return open_store(settings.db, settings.busy_timeout, settings.db_pool_size)
