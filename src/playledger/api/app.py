@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from playledger import __version__
-from playledger.api import awx, ingest, v1
+from playledger.api import awx, ingest, ui, v1
 from playledger.api.auth import require
 from playledger.api.ingest import RETRY_AFTER, Gate, Writer
 from playledger.api.metrics import TEXT, Metrics
@@ -156,6 +156,7 @@ def create_app(store: Store, settings: ApiSettings) -> FastAPI:
     for router in (ingest.router, v1.router, awx.router, metrics_router):
         app.include_router(router)
     _install_error_handlers(app)
+    ui.install(app)  # the web UI: HTML pages under /ui/ (after the handlers: its own login one)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

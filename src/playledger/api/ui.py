@@ -1,0 +1,406 @@
+"""The web UI: server-rendered pages over the read side of the store.
+
+Auth: when the server requires tokens, a login form takes a read (or admin) token and keeps it
+in an HttpOnly, SameSite=Strict cookie scoped to /ui; it is checked against the store on
+every request (a revoked token logs the browser out). A token never appears in a URL.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import parse_qs, quote, urlencode
+
+import msgspec
+from fastapi import APIRouter, FastAPI, Query
+from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from playledger import tokens
+from playledger.api.output import event_stream
+from playledger.api.state import state
+from playledger.errors import RunNotFound
+from playledger.events import Event
+from playledger.store.base import EventFilter, HostSummary, RunQuery, RunRow, Store
+from playledger.verify import verify_run
+from playledger.web import views
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+COOKIE = "playledger_session"
+RUNS_PAGE = 50
+EVENTS_PAGE = 100
+VERIFY_INLINE = 20_000  # a bigger run's verify report (a full scan) is one click away
+TIMELINE_TASKS = 60
+RUN_STATUSES = ("running", "successful", "failed", "aborted")
+
+templates = Jinja2Templates(directory=str(WEB / "templates"))
+templates.env.filters["when"] = views.when
+templates.env.globals["completeness"] = views.completeness
+templates.env.globals["duration"] = views.duration
+templates.env.globals["OUTPUT_PAGE"] = views.OUTPUT_PAGE
+
+
+class LoginRequired(Exception):
+    """Raised by `_viewer` when the browser has no valid session; answered by a redirect."""
+
+
+def _viewer(request: Request) -> None:
+    st = state(request)
+    if not st.settings.auth:
+        return
+    token = request.cookies.get(COOKIE, "")
+    row = tokens.lookup(st.store, token) if token else None
+    if row is None or not tokens.allows(row.scope, "read"):
+        raise LoginRequired
+
+
+def _page(request: Request, name: str, status: int = 200, **context: object) -> Response:
+    context.setdefault("auth", state(request).settings.auth)
+    return templates.TemplateResponse(request, name, context, status_code=status)
+
+
+def _not_found(request: Request, what: str) -> Response:
+    return _page(request, "error.html", 404, title="Not found", message=what)
+
+
+def _url(path: str, **params: object) -> str:
+    kept = {k: v for k, v in params.items() if v not in (None, "")}
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+def root() -> Response:
+    return RedirectResponse("/ui/", 307)
+
+
+@router.get("/ui/login")
+def login_form(request: Request, next: str = "/ui/") -> Response:
+    return _page(request, "login.html", next=_safe_next(next), error=None)
+
+
+def _safe_next(target: str) -> str:
+    """Only a path inside the UI: an open redirect would make the login page a phishing aid."""
+    return target if target.startswith("/ui/") and not target.startswith("//") else "/ui/"
+
+
+@router.post("/ui/login")
+async def login(request: Request) -> Response:
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    token = (form.get("token") or [""])[0].strip()
+    target = _safe_next((form.get("next") or ["/ui/"])[0])
+    st = state(request)
+    row = await run_in_threadpool(tokens.lookup, st.store, token) if token else None
+    if row is None or not tokens.allows(row.scope, "read"):
+        error = "That token is unknown, revoked, or lacks the read scope."
+        return _page(request, "login.html", 401, next=target, error=error)
+    response = RedirectResponse(target, 303)
+    response.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/ui",
+    )
+    return response
+
+
+@router.post("/ui/logout")
+def logout() -> Response:
+    response = RedirectResponse("/ui/login", 303)
+    response.delete_cookie(COOKIE, path="/ui")
+    return response
+
+
+@router.get("/ui/")
+def runs_page(
+    request: Request,
+    status: str = "",
+    playbook: str = "",
+    since: Annotated[str, Query(description="YYYY-MM-DD")] = "",
+    until: str = "",
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> Response:
+    _viewer(request)
+    error = None
+    if status and status not in RUN_STATUSES:
+        error, status = f"unknown status {status!r}", ""
+    query = RunQuery(
+        status=status or None,
+        playbook=playbook or None,
+        since=_day(since),
+        until=_day(until),
+        before_id=before,
+    )
+    store = state(request).store
+    rows = store.list_runs(query, RUNS_PAGE)
+    more = len(rows) == RUNS_PAGE and rows[-1].id > 1
+    filters = {"status": status, "playbook": playbook, "since": since, "until": until}
+    return _page(
+        request,
+        "runs.html",
+        runs=rows,
+        count=store.count_runs(query),
+        filters=filters,
+        statuses=RUN_STATUSES,
+        next_url=_url("/ui/", **filters, before=rows[-1].id) if more else None,
+        first_url=_url("/ui/", **filters) if before else None,
+        error=error,
+    )
+
+
+def _day(value: str) -> str | None:
+    """A YYYY-MM-DD day (or full ISO time) in the store's UTC form; '' means no bound."""
+    value = value.strip()
+    if not value:
+        return None
+    return f"{value}T00:00:00.000000Z" if len(value) == 10 else value
+
+
+def _run(store: Store, ref: str) -> RunRow | None:
+    try:
+        return store.run(ref)
+    except RunNotFound:
+        return None
+
+
+@router.get("/ui/runs/{run_ref}")
+def run_page(
+    request: Request, run_ref: str, page: Annotated[int | None, Query(ge=1)] = None
+) -> Response:
+    _viewer(request)
+    store = state(request).store
+    run = _run(store, run_ref)
+    if run is None:
+        return _not_found(request, f"no run {run_ref!r}")
+    summaries = store.host_summaries(run.id)
+    top = store.max_counter(run.id)
+    last = max(top, run.emitted or 0)
+    pages = max(1, math.ceil(last / views.OUTPUT_PAGE))
+    page = min(page or 1, pages)
+    first = (page - 1) * views.OUTPUT_PAGE + 1
+    upto = min(page * views.OUTPUT_PAGE, last)
+    events = store.event_page(
+        run.id, EventFilter(min_counter=first, max_counter=upto), first - 1, views.OUTPUT_PAGE
+    )
+    # A page past the last stored counter (a run still going) shows no made-up gap.
+    folds = views.fold_output(events, first, upto if run.emitted is not None else top)
+    report = verify_run(store, run).as_dict() if run.stored <= VERIFY_INLINE else None
+    return _page(
+        request,
+        "run.html",
+        run=run,
+        summaries=summaries,
+        summary_totals=_totals(summaries),
+        targeted=_targeted(store, run.id),
+        report=report,
+        folds=folds,
+        page=page,
+        pages=pages,
+        first=first,
+        upto=upto,
+        top=top,
+        timeline=_timeline(store, run),
+        page_url=lambda n: _url(f"/ui/runs/{run.id}", page=n),
+    )
+
+
+def _targeted(store: Store, run_id: int) -> int | None:
+    """Hosts the plays targeted (as verify counts them), from the play start events alone."""
+    plays = store.event_page(run_id, EventFilter(event="playbook_on_play_start"), 0, 1000)
+    hosts: set[str] | None = None
+    for play in plays:
+        names = msgspec.json.decode(bytes(play.event_data)).get("hosts_targeted")
+        if names is not None:
+            hosts = (hosts or set()) | set(names)
+    return None if hosts is None else len(hosts)
+
+
+def _totals(summaries: list[HostSummary] | None) -> dict[str, int]:
+    if not summaries:
+        return {}
+    fields = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
+    return {f: sum(getattr(s, f) for s in summaries) for f in fields}
+
+
+def _timeline(store: Store, run: RunRow) -> Markup:
+    """The first TIMELINE_TASKS tasks (one more is read: its start ends the last one shown)."""
+    tasks = store.event_page(
+        run.id, EventFilter(event="playbook_on_task_start"), 0, TIMELINE_TASKS + 1
+    )
+    end = run.finished
+    if end is None and tasks:
+        last = store.event_page(run.id, None, max(store.max_counter(run.id) - 1, 0), 1)
+        end = last[0].created if last else None
+    shown = tasks[:TIMELINE_TASKS]
+    # Hosts per task: runner_on_start events between its start and the next task's (an
+    # indexed range count; with the free strategy, tasks overlap and this is approximate).
+    hosts: dict[str, int] = {}
+    for i, t in enumerate(shown):
+        upto = tasks[i + 1].counter - 1 if i + 1 < len(tasks) else None
+        started = EventFilter(event="runner_on_start", min_counter=t.counter, max_counter=upto)
+        hosts[t.task_uuid or ""] = store.count_events(run.id, started)
+    spans = views.task_spans(tasks, run.started, end)[:TIMELINE_TASKS]
+    more = len(tasks) > TIMELINE_TASKS
+    return views.timeline_svg(spans, hosts, more)
+
+
+@router.get("/ui/runs/{run_ref}/verify")
+def verify_page(request: Request, run_ref: str) -> Response:
+    _viewer(request)
+    store = state(request).store
+    run = _run(store, run_ref)
+    if run is None:
+        return _not_found(request, f"no run {run_ref!r}")
+    return _page(request, "verify.html", run=run, report=verify_run(store, run).as_dict())
+
+
+@router.get("/ui/runs/{run_ref}/next-failure")
+def next_failure(
+    request: Request, run_ref: str, after: Annotated[int, Query(ge=0)] = 0
+) -> Response:
+    """Redirect to the output page holding the first failure after counter `after`."""
+    _viewer(request)
+    store = state(request).store
+    run = _run(store, run_ref)
+    if run is None:
+        return _not_found(request, f"no run {run_ref!r}")
+    found = _failures(store, run.id, after)
+    if not found and after:
+        found = _failures(store, run.id, 0)  # wrap around
+    if not found:
+        return RedirectResponse(f"/ui/runs/{run.id}?nofail=1#output", 303)
+    counter = found[0].counter
+    page = (counter - 1) // views.OUTPUT_PAGE + 1
+    return RedirectResponse(f"/ui/runs/{run.id}?page={page}#c{counter}", 303)
+
+
+def _failures(store: Store, run_id: int, after: int) -> list[Event]:
+    """The first failed event after `after` (the recap carries the run's failed flag: skipped;
+    an unreachable host counts as a failure)."""
+    failed = [
+        e
+        for e in store.event_page(run_id, EventFilter(failed=True), after, 2)
+        if e.event != "playbook_on_stats"
+    ]
+    dark = store.event_page(run_id, EventFilter(event="runner_on_unreachable"), after, 1)
+    return sorted(failed + dark, key=lambda e: e.counter)[:1]
+
+
+def _flag(value: str) -> bool | None:
+    return {"yes": True, "no": False}.get(value)
+
+
+@router.get("/ui/runs/{run_ref}/events")
+def events_page(
+    request: Request,
+    run_ref: str,
+    host: str = "",
+    event: str = "",
+    task: str = "",
+    failed: str = "",
+    changed: str = "",
+    after: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    _viewer(request)
+    store = state(request).store
+    run = _run(store, run_ref)
+    if run is None:
+        return _not_found(request, f"no run {run_ref!r}")
+    filters = EventFilter(
+        host=host or None,
+        event=event or None,
+        task=task or None,
+        failed=_flag(failed),
+        changed=_flag(changed),
+    )
+    rows = store.event_page(run.id, filters, after, EVENTS_PAGE)
+    form = {"host": host, "event": event, "task": task, "failed": failed, "changed": changed}
+    base = f"/ui/runs/{run.id}/events"
+    more = len(rows) == EVENTS_PAGE
+    return _page(
+        request,
+        "events.html",
+        run=run,
+        events=rows,
+        count=store.count_events(run.id, filters),
+        form=form,
+        outcome=views.outcome,
+        pretty=lambda e: views.pretty_json(bytes(e.event_data)),
+        next_url=_url(base, **form, after=rows[-1].counter) if more else None,
+        first_url=_url(base, **form) if after else None,
+        task_url=lambda t: _url(base, task=t),
+        host_url=lambda h: f"/ui/runs/{run.id}/hosts/{quote(h, safe='')}",
+    )
+
+
+@router.get("/ui/runs/{run_ref}/hosts/{host}")
+def host_page(
+    request: Request, run_ref: str, host: str, after: Annotated[int, Query(ge=0)] = 0
+) -> Response:
+    _viewer(request)
+    store = state(request).store
+    run = _run(store, run_ref)
+    if run is None:
+        return _not_found(request, f"no run {run_ref!r}")
+    rows = store.event_page(run.id, EventFilter(host=host), after, views.OUTPUT_PAGE)
+    summary = next((s for s in store.host_summaries(run.id) or [] if s.host == host), None)
+    recent = [
+        (r, store.count_events(r.id, EventFilter(host=host)))
+        for r in store.list_runs(RunQuery(), 30)
+    ]
+    base = f"/ui/runs/{run.id}/hosts/{quote(host, safe='')}"
+    more = len(rows) == views.OUTPUT_PAGE
+    return _page(
+        request,
+        "host.html",
+        run=run,
+        host=host,
+        summary=summary,
+        folds=views.fold_output(rows, 1, 0, gaps=False),
+        count=store.count_events(run.id, EventFilter(host=host)),
+        recent=[(r, n) for r, n in recent if n],
+        next_url=_url(base, after=rows[-1].counter) if more else None,
+        first_url=base if after else None,
+    )
+
+
+@router.get("/ui/runs/{run_ref}/stream")
+def stream(request: Request, run_ref: str, after: Annotated[int, Query(ge=0)] = 0) -> Response:
+    """The API's live event stream, authenticated by the UI session (EventSource cannot send
+    an Authorization header)."""
+    _viewer(request)
+    st = state(request)
+    run = _run(st.store, run_ref)
+    if run is None:
+        return Response("no such run", 404)
+    body = event_stream(
+        request, st.store, run, after, st.settings.stream_poll, st.settings.stream_idle_end
+    )
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Mount the UI routes and static files on the API app."""
+
+    async def login_required(request: Request, exc: Exception) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.url.path.endswith("/stream"):
+            return Response("login required", 401)
+        return RedirectResponse(_url("/ui/login", next=target), 303)
+
+    app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=str(WEB / "static")), name="ui-static")
+    app.add_exception_handler(LoginRequired, login_required)

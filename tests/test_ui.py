@@ -1,0 +1,162 @@
+"""The web UI in process (no JavaScript): every page renders readable HTML, incomplete runs
+never look complete, the output is paginated, and login keeps the token out of URLs."""
+
+from __future__ import annotations
+
+import re
+
+from apitest import Api
+from playledger.events import Event
+from playledger.web.views import OUTPUT_PAGE, fold_output
+from uifactories import job_run
+
+
+def login(api: Api, scope: str = "read") -> None:
+    r = api.client.post(
+        "/ui/login",
+        content=f"token={api.tokens[scope]}&next=/ui/",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 303, r.text
+    assert r.headers["location"] == "/ui/"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
+    assert api.tokens[scope] not in r.headers["location"]
+
+
+def test_login_required_and_token_never_in_a_url(api: Api) -> None:
+    r = api.client.get("/ui/runs/1?page=2")
+    assert r.status_code == 303
+    assert r.headers["location"] == "/ui/login?next=%2Fui%2Fruns%2F1%3Fpage%3D2"
+    form = api.client.get("/ui/login")
+    assert form.status_code == 200 and 'type="password" name="token"' in form.text
+    assert 'method="post"' in form.text
+    bad = api.client.post(
+        "/ui/login",
+        content="token=plt_nope&next=/ui/",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert bad.status_code == 401 and "unknown, revoked" in bad.text
+    # an ingest token cannot read
+    ingest = api.client.post(
+        "/ui/login",
+        content=f"token={api.tokens['ingest']}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert ingest.status_code == 401
+    # an open redirect is refused
+    evil = api.client.post(
+        "/ui/login",
+        content=f"token={api.tokens['read']}&next=https://evil.example/",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert evil.headers["location"] == "/ui/"
+    login(api)
+    assert api.client.get("/ui/").status_code == 200
+    out = api.client.post("/ui/logout")
+    assert out.status_code == 303 and 'playledger_session=""' in out.headers["set-cookie"]
+    api.client.cookies.clear()
+    assert api.client.get("/ui/").status_code == 303
+
+
+def test_runs_page_never_shows_an_incomplete_run_as_complete(api: Api) -> None:
+    api.store.ingest(job_run(3))  # 1: complete
+    api.store.ingest(job_run(3, drop=frozenset({5, 6})))  # 2: two events lost
+    running = job_run(3, finished=False)
+    api.store.ingest(running)  # 3: still running
+    api.store.ingest(job_run(2, finished=False))
+    api.store.mark_aborted(api.store.run("4").uuid)  # 4: aborted, no final record
+    login(api)
+    page = api.client.get("/ui/").text
+    rows = {int(m[0]): m[1] for m in re.findall(r'data-run="(\d+)">(.*?)</tr>', page, re.S)}
+    assert set(rows) == {1, 2, 3, 4}
+    assert 'data-complete="complete"' in rows[1]
+    assert 'data-complete="incomplete"' in rows[2] and "2 of" in rows[2]
+    assert 'data-complete="running"' in rows[3] and "still running" in rows[3]
+    assert 'data-complete="incomplete"' in rows[4] and "no final record" in rows[4]
+    for n in (2, 3, 4):
+        assert 'data-complete="complete"' not in rows[n]
+    filtered = api.client.get("/ui/?status=aborted").text
+    assert 'data-run="4"' in filtered and 'data-run="1"' not in filtered
+
+
+def test_run_page_reads_without_javascript(api: Api) -> None:
+    api.store.ingest(job_run(4, hosts=5, fail=frozenset({(2, 1)}), in_summary=3))
+    login(api)
+    page = api.client.get("/ui/runs/1").text
+    assert "targeted 5 hosts, 3 in summary" in page
+    assert re.search(r'<a href="/ui/runs/1/hosts/web-01">web-01</a>', page)
+    assert 'id="verify" data-complete="yes"' in page  # every event stored, chain sound
+    assert "not in summary: web-03, web-04" in page
+    assert '<span class="sgr-31">fatal: [web-01]: FAILED!' in page
+    assert '<span class="sgr-32">ok: [web-00]</span>' in page
+    assert page.count('<details class="fold fold-task') == 4
+    assert 'class="fold fold-task has-failure"' in page
+    assert "<svg" in page and "step 3" in page  # the task timeline
+    jump = api.client.get("/ui/runs/1/next-failure?after=0")
+    failed = next(e for e in api.store.events(1) if e.failed)
+    assert jump.headers["location"] == f"/ui/runs/1?page=1#c{failed.counter}"
+    assert f'id="c{failed.counter}"' in page
+
+
+def test_missing_events_show_as_gaps(api: Api) -> None:
+    api.store.ingest(job_run(3, drop=frozenset({7, 8, 9})))
+    login(api)
+    page = api.client.get("/ui/runs/1").text
+    assert "events 7–9 are not stored" in page
+    assert 'data-complete="incomplete"' in page
+    assert "3 of" in page
+
+
+def test_big_run_is_paginated(api: Api) -> None:
+    api.store.ingest(job_run(400, hosts=10))  # 1 + 1 + 400 * 21 + 1 events
+    login(api)
+    page = api.client.get("/ui/runs/1").text
+    assert page.count('class="blk') <= OUTPUT_PAGE
+    assert "page 1 of 17" in page
+    last = api.client.get("/ui/runs/1?page=17").text
+    assert "PLAY RECAP" in last and "page 17 of 17" in last
+
+
+def test_host_warning_without_the_inline_verify_report(api: Api) -> None:
+    api.store.ingest(job_run(1000, hosts=20, in_summary=19))  # > 20,000 events
+    login(api)
+    page = api.client.get("/ui/runs/1").text
+    assert 'id="verify"' not in page and "/ui/runs/1/verify" in page
+    assert "targeted 20 hosts, 19 in summary" in page
+
+
+def test_events_page_filters_and_shows_event_data(api: Api) -> None:
+    api.store.ingest(job_run(3, fail=frozenset({(1, 2)})))
+    login(api)
+    page = api.client.get("/ui/runs/1/events?failed=yes").text
+    assert "1 matching event<" in page
+    assert '<details class="data"><summary>event_data</summary>' in page
+    assert "&#34;msg&#34;: &#34;boom on web-02&#34;" in page or "&quot;msg&quot;" in page
+    by_host = api.client.get("/ui/runs/1/events?host=web-00&event=runner_on_ok").text
+    assert "3 matching events" in by_host
+    assert 'href="/ui/runs/1/hosts/web-00"' in by_host
+
+
+def test_host_page(api: Api) -> None:
+    api.store.ingest(job_run(3, fail=frozenset({(1, 2)})))
+    api.store.ingest(job_run(1))
+    login(api)
+    page = api.client.get("/ui/runs/1/hosts/web-02").text
+    assert "fatal: [web-02]: FAILED!" in page and "ok: [web-00]" not in page
+    assert page.count('<details class="fold fold-task') == 3  # folded by task, no start events
+    assert "Recent runs with this host" in page
+    assert 'href="/ui/runs/2/hosts/web-02"' in page
+    assert api.client.get("/ui/runs/99").status_code == 404
+
+
+def test_recap_is_its_own_fold_and_no_failure() -> None:
+    records = job_run(2, fail=frozenset({(0, 0)}))
+    events = [r for r in records if isinstance(r, Event)]
+    stats = events[-1]
+    stats.failed = True  # the callback marks the recap of a failed run so
+    folds = fold_output(events, 1, len(events))
+    titles = ["PLAY [deploy]", "TASK [step 0]", "TASK [step 1]", "PLAY RECAP"]
+    assert [f.title for f in folds] == titles
+    assert [f.failures for f in folds] == [0, 1, 0, 0]
+    assert "sgr-31" not in folds[-1].blocks[0].html

@@ -1,0 +1,266 @@
+"""The web UI in a real browser: Debian's Chromium (never a downloaded one) driven by
+Playwright against a real `playledger serve` process on loopback, with auth on.
+
+Screenshots of each page land in tests/artifacts/ui/ (ignored by git) for a human look."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from conftest import Env
+from playledger.events import Event, RunEnd, RunStart
+from playledger.store import open_store
+from playledger.web.views import OUTPUT_PAGE
+from test_api_e2e import Server, wait_for
+from test_faults import LONG_PLAYBOOK, child, children, kill9, playledger_run, spool_events
+from uifactories import job_run
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "ui"
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (see .ci/run)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@dataclass
+class Served:
+    server: Server
+    live_rest: list[RunStart | Event | RunEnd]  # what run 3 has not stored yet
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture
+def served(env: Env) -> Iterator[Served]:
+    """A server over a SQLite store holding: 1 a run with a failure deep in its output,
+    2 a run whose events 20-29 were lost, 3 a run still going (16 events so far),
+    4 a run of 20,163 events."""
+    live = job_run(5)
+    store = open_store(env.db)
+    try:
+        store.ingest(job_run(60, hosts=4, fail=frozenset({(3, 1), (58, 2)})))
+        store.ingest(job_run(5, drop=frozenset(range(20, 30))))
+        store.ingest(live[:16])
+        store.ingest(job_run(960, hosts=10))  # 2 + 960 * 21 + 1 events
+    finally:
+        store.close()
+    srv = Server(env, env.db)
+    srv.start()
+    yield Served(srv, live[16:])
+    srv.stop()
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
+
+
+def logged_in(browser: Browser, served: Served) -> Page:
+    server = served.server
+    page = browser.new_page(viewport={"width": 1366, "height": 860})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server.url}/ui/")
+    expect(page).to_have_url(re.compile(r"/ui/login\?next="))
+    shot(page, "login")
+    token = server.token("read", "browser")
+    page.fill("input[name=token]", token)
+    page.click("form[action='/ui/login'] button[type=submit]")
+    expect(page).to_have_url(f"{server.url}/ui/")
+    assert token not in page.url
+    cookie = next(c for c in page.context.cookies() if c["name"] == "playledger_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie") == ""  # not readable by scripts
+    return page
+
+
+def test_runs_run_events_and_host_pages(browser: Browser, served: Served) -> None:
+    page = logged_in(browser, served)
+    # Runs: incomplete and running runs say so.
+    expect(page.locator("tr[data-run='2'] .badge")).to_have_text("incomplete")
+    expect(page.locator("tr[data-run='2'] .reason")).to_contain_text("10 of")
+    expect(page.locator("tr[data-run='3'] .badge")).to_have_text("still running")
+    expect(page.locator("tr[data-run='1'] .badge")).to_have_text("complete")
+    shot(page, "runs")
+
+    # Run: host summary, verify, coloured output, jump to the failures in turn.
+    page.click("tr[data-run='1'] td a >> nth=0")
+    expect(page.locator("table.hosts tbody tr")).to_have_count(4)
+    expect(page.locator("#verify")).to_have_attribute("data-complete", "yes")
+    red = page.locator(".output .sgr-31").first
+    expect(red).to_contain_text("fatal: [web-01]: FAILED!")
+    assert red.evaluate("e => getComputedStyle(e).color") == "rgb(241, 76, 76)"
+    shot(page, "run")
+    page.click("#next-failure")
+    target = page.locator(".blk.target")
+    expect(target).to_contain_text("fatal: [web-01]")
+    expect(target).to_be_in_viewport()
+    shot(page, "run-failure")
+    # the second failure is on page 2 of the output: the server finds it ("n" = the button)
+    page.keyboard.press("n")
+    expect(page).to_have_url(re.compile(r"/ui/runs/1\?page=2#c\d+$"))
+    expect(page.locator(".blk.target")).to_contain_text("fatal: [web-02]")
+    expect(page.locator(".blk.target")).to_be_in_viewport()
+    # Find on this page highlights the matches and shows the first.
+    page.fill("#find", "boom on web-02")
+    page.press("#find", "Enter")
+    expect(page.locator(".blk.hit")).to_have_count(1)
+    expect(page.locator(".blk.hit")).to_be_in_viewport()
+
+    # Events: filter, open one event's data.
+    page.goto(f"{served.url}/ui/runs/1/events")
+    page.select_option("select[name=failed]", "yes")
+    page.click("form.filters button[type=submit]")
+    expect(page.locator("tr.event-row")).to_have_count(2)
+    data = page.locator("tr.event-row details.data").first
+    expect(data.locator("pre")).not_to_be_visible()
+    data.locator("summary").click()
+    expect(data.locator("pre")).to_be_visible()
+    expect(data.locator("pre")).to_contain_text('"msg": "boom on web-01"')
+    shot(page, "events")
+
+    # Host: from the events table to the host's own page.
+    page.click("tr.event-row >> nth=0 >> a:has-text('web-01')")
+    expect(page.locator("h1")).to_contain_text("web-01")
+    expect(page.locator(".output")).to_contain_text("fatal: [web-01]")
+    expect(page.locator(".output")).not_to_contain_text("web-03")
+    shot(page, "host")
+
+    # A run with lost events: the badge and the gap in the output.
+    page.goto(f"{served.url}/ui/runs/2")
+    expect(page.locator(".run-head .badge")).to_have_text("incomplete")
+    expect(page.locator(".output .gap")).to_have_text(re.compile("events 20–29 are not stored"))
+    expect(page.locator("#verify")).to_have_attribute("data-complete", "no")
+    page.close()
+
+
+def test_big_run_opens_one_page_of_output(browser: Browser, served: Served) -> None:
+    page = logged_in(browser, served)
+    page.goto(f"{served.url}/ui/runs/4")
+    expect(page.locator(".run-head .badge")).to_have_text("complete")
+    blocks = page.locator(".output .blk").count()
+    assert 0 < blocks <= OUTPUT_PAGE, blocks
+    expect(page.locator("#output .dim").first).to_contain_text("page 1 of 41")
+    expect(page.locator("#verify-section")).to_contain_text("run verify")
+    shot(page, "big-run")
+    page.click("#output nav.pager >> nth=0 >> text=last »")
+    expect(page.locator(".output")).to_contain_text("PLAY RECAP")
+    assert page.locator(".output .blk").count() <= OUTPUT_PAGE
+    page.close()
+
+
+def test_live_run_updates_without_reload(browser: Browser, served: Served) -> None:
+    page = logged_in(browser, served)
+    page.goto(f"{served.url}/ui/runs/3")
+    expect(page.locator(".run-head .badge")).to_have_text("still running")
+    expect(page.locator("#live")).to_be_visible()
+    before = page.locator("#stored").inner_text()
+    assert before == "15"  # the run start is no event
+    # the rest of run 3 arrives while the page is open
+    store = open_store(served.server.vars["PLAYLEDGER_DB"])
+    try:
+        store.ingest(served.live_rest[:10])
+        expect(page.locator("#stored")).to_have_text("25")
+        expect(page.locator(".live-tail")).to_contain_text("ok: [web-")
+        store.ingest(served.live_rest[10:])
+    finally:
+        store.close()
+    # at the stream's end the page reloads with the final verdict
+    expect(page.locator(".run-head .badge")).to_have_text("complete", timeout=30_000)
+    shot(page, "live-done")
+    page.close()
+
+
+FAILING_PLAYBOOK = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: greet
+      debug: msg="hello {{ inventory_hostname }}"
+    - name: break one host
+      command: /bin/false
+      when: inventory_hostname == "node-1"
+    - name: after the failure
+      command: echo done
+"""
+
+
+def test_real_ansible_runs(browser: Browser, env: Env) -> None:
+    """Runs recorded from real ansible-playbook: one with a failed host, one killed -9."""
+    env.inventory(["node-0", "node-1", "node-2"], name="three.ini")
+    env.write("fails.yml", FAILING_PLAYBOOK)
+    done = env.playledger("run", "fails.yml", "-i", "three.ini", timeout=300)
+    assert done.returncode != 0, done.stdout  # node-1 failed
+
+    env.inventory([f"node-{i}" for i in range(4)], extra="nap=0.4")
+    env.write("long.yml", LONG_PLAYBOOK)
+    workers: list[int] = []
+    with playledger_run(env, "long.yml", "-i", "hosts.ini", "-f", "2") as run:
+        ansible = wait_for(lambda: child(run.pid, "ansible-playbook"), 60, "ansible-playbook")
+        try:
+            wait_for(lambda: spool_events(env) >= 20, 120, "20 events in the spool")
+            os.kill(ansible, signal.SIGSTOP)  # no new worker between the listing and the kill
+            workers = [pid for pid, _ in children(ansible)]
+            kill9(ansible)
+        finally:
+            for pid in workers:
+                with suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        assert run.wait(timeout=120) != 0
+
+    server = Server(env, env.db)
+    server.start()
+    try:
+        page = logged_in(browser, Served(server, []))
+        expect(page.locator("tr[data-run='2'] .badge")).to_have_text("incomplete")
+        expect(page.locator("tr[data-run='2'] .reason")).to_contain_text("no final record")
+        expect(page.locator("tr[data-run='1'] .badge")).to_have_text("complete")
+        shot(page, "real-runs")
+        page.goto(f"{server.url}/ui/runs/2")
+        expect(page.locator(".run-head .status")).to_have_text("aborted")
+        expect(page.locator(".run-head .badge")).to_have_text("incomplete")
+        expect(page.locator("#verify")).to_have_attribute("data-complete", "no")
+
+        page.goto(f"{server.url}/ui/runs/1")
+        expect(page.locator("table.hosts tbody tr")).to_have_count(3)
+        expect(page.locator("table.hosts tr.row-failed")).to_contain_text("node-1")
+        expect(page.locator("#verify")).to_have_attribute("data-complete", "yes")
+        expect(page.locator(".output .sgr-32").first).to_contain_text("ok: [node-0]")
+        page.click("#next-failure")
+        target = page.locator(".blk.target")
+        expect(target).to_contain_text("fatal: [node-1]: FAILED!")
+        expect(target).to_be_in_viewport()
+        expect(page.locator("svg.timeline")).to_contain_text("break one host")
+        page.emulate_media(color_scheme="dark")
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(18, 20, 24)", background
+        page.screenshot(path=str(ARTIFACTS / "run-dark.png"), full_page=True)
+        page.close()
+    finally:
+        server.stop()
