@@ -213,7 +213,7 @@ def test_twenty_runs_three_workers_kill9_and_sigterm(env: Env, tmp_path: Path) -
 # --- 3. NATS restarted mid-run ----------------------------------------------------------------
 
 SLOW_WRITER = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from factories import make_run
@@ -222,6 +222,10 @@ from playledger.spool import SpoolWriter
 records = make_run({events}, run={run!r})
 writer = SpoolWriter(Path({path!r}), fsync="never")
 for i, record in enumerate(records):
+    if i == len(records) - 1:  # the final record waits for the test's word (at most 2 min)
+        deadline = time.monotonic() + 120
+        while not os.path.exists({go!r}) and time.monotonic() < deadline:
+            time.sleep(0.05)
     writer.append(encode_record(record))
     if i % 25 == 0:
         time.sleep(0.1)
@@ -235,7 +239,7 @@ def test_nats_restarted_mid_run(env: Env, tmp_path: Path, stop: str) -> None:
     everything is stored once it is back. kill9: acked messages the server had not yet
     written would be lost with it, and the end-to-end check would send them again (that path
     is forced in test_nats_sink by purging the stream)."""
-    events = 3000  # ~12 s of writing
+    events = 2000  # ~8 s of writing, then the final record waits until NATS is back
     run = str(uuid.uuid4())
     spool = SpoolFile(tmp_path / "spool", run)
     spool.spool_dir.mkdir()
@@ -249,7 +253,10 @@ def test_nats_restarted_mid_run(env: Env, tmp_path: Path, stop: str) -> None:
         create_stream(names, ack_wait=5.0)
         stack.callback(delete_stream, names)
         stack.enter_context(workers(1, worker_env(env, names), db, tmp_path / "logs"))
-        script = SLOW_WRITER.format(tests=str(TESTS), events=events, run=run, path=str(spool.path))
+        go = tmp_path / "go"
+        script = SLOW_WRITER.format(
+            tests=str(TESTS), events=events, run=run, path=str(spool.path), go=str(go)
+        )
         writer = subprocess.Popen([PYTHON, "-c", script], env=env.vars, text=True)
         procs.append(writer)
         wait_for(lambda: spool.path.exists() or writer.poll() is not None, 30, "the spool")
@@ -265,12 +272,14 @@ def test_nats_restarted_mid_run(env: Env, tmp_path: Path, stop: str) -> None:
         procs.append(shipper)
         wait_for(lambda: stored_total(db) > 0, 60, "the first events stored")
         server.stop(signal.SIGKILL if stop == "kill9" else signal.SIGTERM)
+        time.sleep(1)  # an ack on its way when the server stopped is recorded by now
         acked, size = spool.acked(), spool.size()
         time.sleep(4)
         assert writer.poll() is None, "the run should still be writing"
         assert spool.acked() == acked, "nothing can be acknowledged while NATS is down"
         assert spool.size() > size, "the spool holds the backlog"
         server.start()
+        go.touch()
         assert writer.wait(timeout=120) == 0
         assert shipper.wait(timeout=240) == 0, (tmp_path / "ship.log").read_text()
         assert not spool.path.exists()
@@ -379,10 +388,10 @@ def test_postgres_unavailable_for_20s(env: Env, tmp_path: Path) -> None:
                         start_ship(shipper_env(env, names, spool_dir), tmp_path / f"ship-{i}.log")
                     )
                 wait_for(
-                    lambda: sum(
-                        p.metric("playledger_worker_store_unavailable_total") for p in pool
-                    )
-                    >= 2,
+                    lambda: (
+                        sum(p.metric("playledger_worker_store_unavailable_total") for p in pool)
+                        >= 2
+                    ),
                     60,
                     "workers to find the store unavailable",
                 )
@@ -399,6 +408,9 @@ def test_postgres_unavailable_for_20s(env: Env, tmp_path: Path) -> None:
                 codes = wait_all(ships, 300)
                 logs = [(tmp_path / f"ship-{i}.log").read_text() for i in range(3)]
                 assert codes == [0, 0, 0], logs
+                # In-progress acks kept each worker's messages its own through the outage.
+                redelivered = "playledger_worker_messages_redelivered_total"
+                assert sum(p.metric(redelivered) for p in pool) == 0
                 assert [p.terminate() for p in pool] == [0, 0]
             assert_complete(db, runs, events_each)
             assert consumer_state(names)["ack_pending"] == 0

@@ -98,13 +98,16 @@ def build_part(
 ) -> Part:
     """The message for `records` (all of one run); `encoded` holds their JSON encodings."""
     raw = b"[" + b",".join(encoded) + b"]"
-    digest = hashlib.blake2b(raw, digest_size=8).hexdigest()
-    msg_id = f"{run_token(run)}:{_key(records[0])}-{_key(records[-1])}:{len(records)}:{digest}"
-    headers = {"Nats-Msg-Id": msg_id}
+    headers = {}
     body = raw
     if len(raw) > COMPRESS_ABOVE:
-        body = _zstd_c.compress(raw)
+        body = _zstd_c.compress(raw)  # deterministic: the same batch, the same bytes
         headers[ENCODING_HEADER] = "zstd"
+    # The same records give the same id (JetStream drops the copy); different records under
+    # the same run and counters (a reused run id) do not, so the store sees the conflict.
+    digest = hashlib.blake2b(body, digest_size=8).hexdigest()
+    span = f"{_key(records[0])}-{_key(records[-1])}"
+    headers["Nats-Msg-Id"] = f"{run_token(run)}:{span}:{len(records)}:{digest}"
     events = [r for r in records if isinstance(r, Event)]
     last = max(events, key=lambda e: e.counter) if events else None
     return Part(run, tuple(indexes), body, headers, len(events), last)
@@ -141,7 +144,8 @@ class ExitCodeRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class RunState(msgspec.Struct, frozen=True):
-    """What the store holds of a run: `gapless` is the highest counter c with 1..c all stored."""
+    """What the store holds of a run: `gapless` is the highest counter c with 1..c all stored,
+    or -1 when not worked out (fewer events are stored than asked about: incomplete anyway)."""
 
     found: bool
     stored: int = 0
@@ -341,7 +345,6 @@ def group_by_run(records: Sequence[Record]) -> dict[str, list[int]]:
     for i, r in enumerate(records):
         runs.setdefault(r.run, []).append(i)
     return runs
-
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")

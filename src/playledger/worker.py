@@ -56,7 +56,8 @@ from playledger.verify import verify_run
 log = logging.getLogger("playledger.worker")
 
 NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
-FETCH_WAIT = 1.0  # seconds a fetch waits for messages; also the stop flag's latency
+FETCH_WAIT = 1.0  # seconds an idle fetch waits for messages; also the stop flag's latency
+BUSY_FETCH_WAIT = 0.05  # while messages flow: a fetch returns what came within this
 MAX_BACKOFF = 5.0
 STORE_ERROR_TRIES = 3  # a batch the store refuses (not "busy") this often is a dead letter
 PENDING_EVERY = 2.0  # seconds between consumer-info reads for the pending gauges
@@ -138,7 +139,8 @@ class BadMessage(Exception):
 
 
 def run_state(store: Store, run: str, counter: int) -> RunState:
-    """The store's view of a run for the shipper's end-to-end check."""
+    """The store's view of a run for the shipper's end-to-end check; cheap while the run is
+    still being committed (shippers ask again and again until it is complete)."""
     try:
         row = store.run(run)
     except RunNotFound:
@@ -146,6 +148,8 @@ def run_state(store: Store, run: str, counter: int) -> RunState:
     top = store.max_counter(row.id)
     if row.stored == top:  # counters are unique and >= 1: no gap
         gapless = top
+    elif row.stored < max(counter, row.emitted or 0):
+        gapless = -1  # cannot be complete yet; not worth a scan of every stored counter
     else:
         gapless = 0
         for c in store.counters(row.id):
@@ -153,7 +157,7 @@ def run_state(store: Store, run: str, counter: int) -> RunState:
                 break
             gapless = c
     stored_hash = None
-    if counter > 0:
+    if 0 < counter <= top:
         page = store.event_page(row.id, after=counter - 1, limit=1)
         if page and page[0].counter == counter:
             stored_hash = page[0].hash
@@ -197,6 +201,7 @@ class Worker:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._ack_wait = 30.0
+        self._flowing = False  # the last fetch brought messages
 
     def request_stop(self) -> None:
         """The signal handler: only sets the flag the loop checks."""
@@ -283,14 +288,21 @@ class Worker:
         )
 
     async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
+        # A fetch of n waits until n messages came or its time is up, so while messages flow
+        # it is given little time: what is there now is committed now, not a second later.
+        wait = BUSY_FETCH_WAIT if self._flowing else FETCH_WAIT
         try:
-            return await psub.fetch(self.config.fetch, timeout=FETCH_WAIT)
+            msgs = await psub.fetch(self.config.fetch, timeout=wait)
         except TimeoutError:  # nothing to fetch (nats' own TimeoutError is a subclass)
+            self._flowing = False
             return []
         except NATS_ERRORS as exc:
             log.warning("fetch from %s: %s: %s", self.config.stream, type(exc).__name__, exc)
+            self._flowing = False
             await asyncio.sleep(FETCH_WAIT)
             return []
+        self._flowing = True
+        return msgs
 
     # --- messages -------------------------------------------------------------------------------
 

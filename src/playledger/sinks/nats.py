@@ -61,8 +61,9 @@ log = logging.getLogger("playledger.sink.nats")
 Record = RunStart | Event | RunEnd
 T = TypeVar("T")
 NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
-CONFIRM_POLL = 0.25  # seconds between confirmation requests
+CONFIRM_POLL = (0.1, 2.0)  # seconds between confirmation requests: first, at most
 IDLE_POLLS = 2  # "missing" answers in a row with nothing in flight before a resend
+VERIFY_TIMEOUT = 300.0  # a worker verifies a whole run (hash chain included)
 _reply_decoder = msgspec.json.Decoder(Reply)
 _state_decoder = msgspec.json.Decoder(RunState)
 
@@ -82,7 +83,7 @@ def judge(state: RunState, sent: Published | None) -> tuple[str, str]:
         return "missing", "the run is not in the store"
     if sent is not None and sent.last_counter:
         if state.gapless < sent.last_counter:
-            return "missing", f"stored without a gap up to {state.gapless} of {sent.last_counter}"
+            return "missing", f"{state.stored:,} events stored, up to {sent.last_counter:,} sent"
         if state.hash != sent.last_hash:
             return "conflict", f"event {sent.last_counter} is stored as a different event"
     if sent is not None and sent.ended and state.emitted is None:
@@ -90,7 +91,7 @@ def judge(state: RunState, sent: Published | None) -> tuple[str, str]:
     if sent is None:  # a shipper that published nothing itself: the store's own count
         target = state.emitted if state.emitted is not None else state.max_counter
         if state.gapless < target:
-            return "missing", f"stored without a gap up to {state.gapless} of {target}"
+            return "missing", f"{state.stored:,} events stored of {target:,}"
     return "ok", ""
 
 
@@ -138,6 +139,7 @@ class NatsSink:
         deadline = self._clock() + self._confirm_timeout
         idle = 0
         why = "no answer yet"
+        pause = CONFIRM_POLL[0]
         while True:
             try:
                 state = self._confirm(run_uuid, sent)
@@ -160,7 +162,8 @@ class NatsSink:
                     f"run {run_uuid}: JetStream acknowledged every batch but the store has not "
                     f"confirmed them within {self._confirm_timeout:g}s ({why}); the spool is kept"
                 )
-            self._sleep(CONFIRM_POLL)
+            self._sleep(pause)
+            pause = min(pause * 1.5, CONFIRM_POLL[1])
         self._control("aborted", RunRequest(run_uuid))
         self._published.pop(run_uuid, None)
 
@@ -182,7 +185,8 @@ class NatsSink:
 
     def verify(self, run_uuid: str) -> dict[str, Any]:
         """The store's verify report of a run (with `hosts`), computed by a worker."""
-        report: dict[str, Any] = msgspec.json.decode(self._control("verify", RunRequest(run_uuid)))
+        answer = self._control("verify", RunRequest(run_uuid), VERIFY_TIMEOUT)
+        report: dict[str, Any] = msgspec.json.decode(answer)
         return report
 
     # --- internals ----------------------------------------------------------------------------
@@ -320,28 +324,34 @@ class NatsSink:
         """The run's messages not yet committed, or None when JetStream cannot tell us.
 
         Work-queue retention deletes a message once acked, so the stream's count on the run's
-        subject is exact; with limits retention only "nothing pending at all" is known."""
+        subject is exact, when the server's per-subject answer adds up (2.9 sometimes leaves
+        it out); otherwise only "nothing pending in the consumer at all" is known."""
         subject = self.subjects.events_of(run)
         try:
             nc = await self._client()
             js = nc.jetstream()
-            info = await js.stream_info(self._stream, subjects_filter=subject)
+            info = await js.stream_info(self._stream, subjects_filter=">")
             if info.config.retention == api.RetentionPolicy.WORK_QUEUE:
-                return (info.state.subjects or {}).get(subject, 0)
+                counts = info.state.subjects
+                if counts is not None and sum(counts.values()) == info.state.messages:
+                    return counts.get(subject, 0)
+                if info.state.messages == 0:
+                    return 0
             c = await js.consumer_info(self._stream, self._consumer, timeout=self._timeout)
             return int(c.num_pending or 0) + int(c.num_ack_pending or 0)
         except (*NATS_ERRORS, StoreBusy) as exc:
             log.debug("run %s: cannot tell what is in flight: %s", run, exc)
             return None
 
-    def _control(self, op: str, request: msgspec.Struct) -> bytes:
-        return self._call(self._request(op, request), self._timeout + 5)
+    def _control(self, op: str, request: msgspec.Struct, timeout: float | None = None) -> bytes:
+        wait = max(self._timeout, timeout or 0.0)
+        return self._call(self._request(op, request, wait), wait + 5)
 
-    async def _request(self, op: str, request: msgspec.Struct) -> bytes:
+    async def _request(self, op: str, request: msgspec.Struct, timeout: float) -> bytes:
         subject = self.subjects.control_op(op)
         nc = await self._client()
         try:
-            msg = await nc.request(subject, msgspec.json.encode(request), timeout=self._timeout)
+            msg = await nc.request(subject, msgspec.json.encode(request), timeout=timeout)
         except nats.errors.NoRespondersError as exc:
             raise StoreBusy(
                 f"no playledger worker answers on {subject} (are workers running, with the "
