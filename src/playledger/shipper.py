@@ -27,6 +27,10 @@ from playledger.store.base import IngestResult
 log = logging.getLogger("playledger.shipper")
 
 POLL_INTERVAL = 0.05
+# While the run goes on and no full batch is waiting, ship at most this often: each round is a
+# few fsyncs (spool, store commit, acked offset) that compete with ansible-playbook's own for
+# the disk journal. The spool is the durable copy meanwhile; the store is at most this late.
+LIVE_INTERVAL = 0.25
 MAX_BACKOFF = 2.0
 
 
@@ -251,7 +255,10 @@ def _ship_locked(
                     new_offset = b.offset
             spool.set_acked(new_offset)
             offset = new_offset
-            continue  # there may be more right behind
+            if run_over or len(payloads) >= batch_size:
+                continue  # there may be more right behind
+            sleep(LIVE_INTERVAL)  # a live run: let a few more events gather first
+            continue
 
         if committed and run_over and offset >= spool.size():
             if exists:
