@@ -151,6 +151,8 @@ def test_playledger_run_ships_over_http(env: Env, server: Server, tmp_path: Path
     assert proc.returncode == 0, proc.stderr + proc.stdout
     last = proc.stdout.strip().splitlines()[-1]
     assert "complete, chain ok" in last and "4 hosts" in last, last
+    # The shipper shares Ansible's terminal: no log line per HTTP request in the middle of it.
+    assert "HTTP Request" not in proc.stderr, proc.stderr
     assert not (tmp_path / "client-must-not-exist.db").exists()
     run = server.get("/api/v1/runs/latest")
     assert run["complete"] and run["stored"] == run["emitted"] > 0 and run["exit_code"] == 0

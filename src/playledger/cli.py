@@ -70,6 +70,10 @@ def cli(ctx: click.Context, db: str | None) -> None:
     RUN arguments take the numeric id, the run uuid, or `latest`.
     """
     logging.basicConfig(level=logging.INFO, format="playledger: %(message)s", stream=sys.stderr)
+    # One line per HTTP request would drown the shipper's own messages (and, under
+    # `playledger run`, Ansible's output): the HTTP sink logs what matters itself.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         ctx.obj = Settings.load(db=db)
     except PlayledgerError as exc:
