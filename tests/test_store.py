@@ -381,6 +381,35 @@ def test_stdout_line_offsets(store: Store) -> None:
     assert store.stdout_line_offsets(run.id, []) == {}
 
 
+def test_stdout_line_offsets_across_cached_blocks_and_a_filled_hole(store: Store) -> None:
+    """Deep AWX pages use cached per-block line sums (store/lines.py): a block with a hole is
+    never cached, so filling the hole later changes every answer after it."""
+    records = make_run(2600)
+    events = _events(records)
+    for e in events:
+        e.stdout = "\n".join(["x"] * (1 + e.counter % 4)) if e.counter % 7 else ""
+    _reseal(records)
+    hole = next(r for r in records if isinstance(r, Event) and r.counter == 1500)
+    store.ingest([r for r in records if r is not hole])
+    run = store.run("latest")
+
+    def expected(skip: int | None) -> dict[int, int]:
+        lines, before = 0, {}
+        for e in events:
+            if e.counter == skip:
+                continue
+            before[e.counter] = lines
+            lines += e.stdout.count("\n") + 1 if e.stdout else 0
+        return before
+
+    wanted = [999, 1000, 1001, 2001, 2500, 2600]
+    for _ in range(2):  # the second time from the cached blocks
+        assert store.stdout_line_offsets(run.id, wanted) == {c: expected(1500)[c] for c in wanted}
+    assert store.stdout_line_offsets(run.id, [5]) == {5: expected(1500)[5]}  # a shallow one after
+    store.ingest([hole])
+    assert store.stdout_line_offsets(run.id, wanted) == {c: expected(None)[c] for c in wanted}
+
+
 def test_open_runs_and_pool_stats(store: Store) -> None:
     done, open_ = make_run(10), make_run(10)
     store.ingest(done)

@@ -14,12 +14,15 @@ import psycopg
 from playledger.errors import StoreError, TokenNotFound
 from playledger.events import Event
 from playledger.store.base import EventFilter, RunLag, RunQuery, RunRow, TokenRow
+from playledger.store.lines import LineMarks
 from playledger.store.pg_reads import EVENT_COLUMNS, RUN_COLUMNS, PostgresReads, _event
 
 _TOKEN_COLUMNS = "id, name, scope, prefix, created, revoked"
 
 
 class PostgresReadAPI(PostgresReads):
+    _line_marks: LineMarks  # AWX start_line block sums, see store/lines.py
+
     @staticmethod
     def _run_where(q: RunQuery, keyset: bool) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -90,22 +93,35 @@ class PostgresReadAPI(PostgresReads):
     def stdout_line_offsets(self, run_id: int, counters: Sequence[int]) -> dict[int, int]:
         if not counters:
             return {}
-        wanted = sorted(set(counters))
+        lines = "CASE WHEN stdout = '' THEN 0 ELSE length(stdout) - length(replace(stdout, chr(10), '')) + 1 END"  # noqa: E501
         with self._conn() as conn:
             located = self._locate(conn, run_id)
             if located is None:
                 return {}
-            rows = conn.execute(
-                """SELECT counter, before FROM (
-                    SELECT counter, SUM(n) OVER (ORDER BY counter ROWS UNBOUNDED PRECEDING) - n
-                           AS before
-                    FROM (SELECT counter, CASE WHEN stdout = '' THEN 0 ELSE
-                          length(stdout) - length(replace(stdout, chr(10), '')) + 1 END AS n
-                          FROM events WHERE run_id = %s AND run_day = %s AND counter <= %s) c
-                ) b WHERE counter = ANY(%s)""",
-                (run_id, located[1], wanted[-1], wanted),
-            ).fetchall()
-        return {int(c): int(b) for c, b in rows}
+            day = located[1]
+
+            def block_sums(first: int, last: int) -> list[tuple[int, int, int]]:
+                return conn.execute(
+                    f"SELECT (counter - 1) / %s, COUNT(*), SUM({lines}) FROM events "
+                    "WHERE run_id = %s AND run_day = %s AND counter BETWEEN %s AND %s "
+                    "GROUP BY 1 ORDER BY 1",
+                    (self._line_marks.block, run_id, day, first, last),
+                ).fetchall()
+
+            def window(after: int, wanted: Sequence[int]) -> dict[int, int]:
+                rows = conn.execute(
+                    f"""SELECT counter, before FROM (
+                        SELECT counter, SUM(n) OVER (ORDER BY counter ROWS UNBOUNDED PRECEDING)
+                               - n AS before
+                        FROM (SELECT counter, {lines} AS n FROM events
+                              WHERE run_id = %s AND run_day = %s AND counter > %s
+                              AND counter <= %s) c
+                    ) b WHERE counter = ANY(%s)""",
+                    (run_id, day, after, wanted[-1], list(wanted)),
+                ).fetchall()
+                return {int(c): int(b) for c, b in rows}
+
+            return self._line_marks.offsets(run_id, counters, block_sums, window)
 
     def open_runs(self, limit: int = 1000) -> list[RunLag]:
         with self._conn() as conn:

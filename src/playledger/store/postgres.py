@@ -37,6 +37,7 @@ from playledger.store.base import (
     PoolStats,
     PurgeResult,
 )
+from playledger.store.lines import LineMarks
 from playledger.store.pg_api import PostgresReadAPI
 from playledger.store.pg_reads import EVENT_COLUMNS, EVENT_FIELDS, Conn
 
@@ -153,6 +154,7 @@ class PostgresStore(PostgresReadAPI):
         self.path = display_url(url)
         self._busy_timeout = busy_timeout
         self._partitions: set[date] = set()
+        self._line_marks = LineMarks()
         self._ready = False
         self._ready_lock = threading.Lock()
         self._pool = ConnectionPool(

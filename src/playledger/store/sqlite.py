@@ -23,6 +23,7 @@ from playledger.store.base import (
     PurgeResult,
     RunRow,
 )
+from playledger.store.lines import LineMarks
 from playledger.store.sqlite_api import EVENT_COLUMNS, RUN_COLUMNS, SQLiteReadAPI, _event
 
 PURGE_CHUNK = 10_000  # events deleted per write transaction by purge()
@@ -129,6 +130,7 @@ class SQLiteStore(SQLiteReadAPI):
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._line_marks = LineMarks()
         self._readers_lock = threading.Lock()
         try:
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import msgspec
 from playledger.errors import StoreBusy, StoreError, TokenNotFound
 from playledger.events import Event
 from playledger.store.base import EventFilter, PoolStats, RunLag, RunQuery, RunRow, TokenRow
+from playledger.store.lines import LineMarks
 
 EVENT_COLUMNS = (
     "counter, uuid, parent_uuid, created, event, host, play, play_uuid, task, task_uuid, "
@@ -54,6 +55,7 @@ def _event(run_uuid: str, r: tuple[Any, ...]) -> Event:
 
 
 class SQLiteReadAPI:
+    _line_marks: LineMarks  # AWX start_line block sums, see store/lines.py
     path: str
     _db: sqlite3.Connection
     _lock: threading.Lock
@@ -131,25 +133,30 @@ class SQLiteReadAPI:
         return int(row[0] or 0)
 
     def stdout_line_offsets(self, run_id: int, counters: Sequence[int]) -> dict[int, int]:
-        if not counters:
-            return {}
-        wanted = sorted(set(counters))
-        marks = ",".join("?" * len(wanted))
-        rows = (
-            self._reader()
-            .execute(
+        db = self._reader()
+        lines = "CASE WHEN stdout = '' THEN 0 ELSE length(stdout) - length(replace(stdout, char(10), '')) + 1 END"  # noqa: E501
+
+        def block_sums(first: int, last: int) -> list[tuple[int, int, int]]:
+            return db.execute(
+                f"SELECT (counter - 1) / ?, COUNT(*), SUM({lines}) FROM events "
+                "WHERE run_id = ? AND counter BETWEEN ? AND ? GROUP BY 1 ORDER BY 1",
+                (self._line_marks.block, run_id, first, last),
+            ).fetchall()
+
+        def window(after: int, wanted: Sequence[int]) -> dict[int, int]:
+            marks = ",".join("?" * len(wanted))
+            rows = db.execute(
                 f"""SELECT counter, before FROM (
                 SELECT counter, SUM(n) OVER (ORDER BY counter ROWS UNBOUNDED PRECEDING) - n
                        AS before
-                FROM (SELECT counter, CASE WHEN stdout = '' THEN 0 ELSE
-                      length(stdout) - length(replace(stdout, char(10), '')) + 1 END AS n
-                      FROM events WHERE run_id = ? AND counter <= ?)
+                FROM (SELECT counter, {lines} AS n
+                      FROM events WHERE run_id = ? AND counter > ? AND counter <= ?)
             ) WHERE counter IN ({marks})""",
-                [run_id, wanted[-1], *wanted],
-            )
-            .fetchall()
-        )
-        return {int(c): int(b) for c, b in rows}
+                [run_id, after, wanted[-1], *wanted],
+            ).fetchall()
+            return {int(c): int(b) for c, b in rows}
+
+        return self._line_marks.offsets(run_id, counters, block_sums, window)
 
     def open_runs(self, limit: int = 1000) -> list[RunLag]:
         db = self._reader()
