@@ -147,6 +147,8 @@ FILTERS: list[tuple[str, Any]] = [
     ("failed=false", lambda e: not e.failed),
     ("changed=1", lambda e: e.changed),
     ("min_counter=100&max_counter=149", lambda e: 100 <= e.counter <= 149),
+    ("text=OK:%20%5BHOST-1%5D", lambda e: e.stdout == "ok: [host-1]"),
+    ("text=%5Bhost-3&failed=true", lambda e: e.host == "host-3" and e.failed),
     (
         "host=host-2&changed=true&failed=false",
         lambda e: e.host == "host-2" and e.changed and not e.failed,
@@ -164,6 +166,20 @@ def test_event_filters(one_run: tuple[Api, list[Event]], query: str, match: Any)
     small = api.get(f"/api/v1/runs/1/events?{query}&page_size=3&after=10").json()
     assert [e["counter"] for e in small["results"]] == [c for c in expected if c > 10][:3]
     assert small["count"] == len(expected)  # the total, whatever the cursor
+
+
+def test_events_text_filter_is_literal(one_run: tuple[Api, list[Event]]) -> None:
+    api, events = one_run
+    assert api.get("/api/v1/runs/1/events?text=").json()["count"] == 500  # empty: no filter
+    host_1 = sum(1 for e in events if e.stdout == "ok: [host-1]")
+    assert host_1 > 0
+    for literal, expected in (("%", 0), ("_", 0), ("ok: [host-1]", host_1)):
+        page = api.get("/api/v1/runs/1/events", params={"text": literal}).json()
+        assert page["count"] == expected, literal  # % and _ are no wildcards
+    spec = api.client.get("/api/v1/openapi.json").json()
+    params = spec["paths"]["/api/v1/runs/{run_ref}/events"]["get"]["parameters"]
+    text = next(p for p in params if p["name"] == "text")
+    assert "Case-insensitive substring of the event's stdout" in text["description"]
 
 
 def test_events_count_can_be_skipped(one_run: tuple[Api, list[Event]]) -> None:

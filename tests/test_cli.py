@@ -69,6 +69,9 @@ def test_events_filters_and_limit(db: str) -> None:
     code, out = invoke(db, "events", "2", "--host", "host-3", "--limit", "2", "--json")
     events = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(events) == 2 and {e["host"] for e in events} == {"host-3"}
+    code, out = invoke(db, "events", "2", "--grep", "OK: [HOST-3]", "--json")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(events) == 15 and {e["stdout"] for e in events} == {"ok: [host-3]"}
 
 
 def test_verify_exit_codes(db: str, tmp_path: Path) -> None:

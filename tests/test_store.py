@@ -115,6 +115,70 @@ def test_filters(store: Store) -> None:
     assert [e.counter for e in store.events(run.id, limit=3)] == [1, 2, 3]
 
 
+STDOUTS = {
+    2: "ok: [web-1] => 100% done",
+    3: "ok: [web-2] => 100 done",
+    4: "changed: [a_b]",
+    5: "changed: [axb]",
+    6: "copied to C:\\temp\\new",
+    7: "copied to C:temp",
+    8: "Grüße aus Köln ✓",
+}
+TEXT_QUERIES = {
+    "100%": [2],  # % is no wildcard
+    "% done": [2],
+    "a_b": [4],  # _ is no wildcard
+    "_": [4],
+    "C:\\temp": [6],  # the backslash is no escape
+    "C:\\": [6],  # a trailing backslash is no error
+    "OK: [WEB-1]": [2],  # case-insensitive
+    "ok: [web-": [2, 3],
+    "AUS Köln ✓": [8],  # non-ASCII text matches as given (folding it is backend-specific)
+    "Grüße": [8],
+    "nothing like this": [],
+}
+
+
+def test_text_filter_is_a_literal_case_insensitive_substring(store: Store) -> None:
+    records = make_run(20)
+    prev = GENESIS_HASH
+    for e in _events(records):
+        e.stdout = STDOUTS.get(e.counter, e.stdout)
+        prev = seal(e, prev)
+    store.ingest(records)
+    run = store.run("latest")
+    for text, expected in TEXT_QUERIES.items():
+        f = EventFilter(text=text)
+        assert [e.counter for e in store.events(run.id, f)] == expected, text
+        assert store.count_events(run.id, f) == len(expected), text
+        assert [e.counter for e in store.event_page(run.id, f, after=2, limit=1)] == (
+            [c for c in expected if c > 2][:1]
+        ), text
+    assert store.count_events(run.id, EventFilter(text="")) == 20  # '' matches everything
+    both = EventFilter(text="OK: [", host="host-1", min_counter=10)
+    assert [e.counter for e in store.events(run.id, both)] == [10, 13, 16, 19]
+    assert next(store.events(run.id, EventFilter(text="Köln"))).stdout == STDOUTS[8]
+
+
+def test_last_event(store: Store) -> None:
+    records = make_run(20)
+    store.ingest(records)
+    run = store.run("latest")
+    last = store.last_event(run.id)
+    assert last is not None and last == _events(records)[-1]
+    failed = [e.counter for e in _events(records) if e.failed]  # 7, 14
+    found = store.last_event(run.id, EventFilter(failed=True))
+    assert found is not None and found.counter == failed[-1]
+    before = store.last_event(run.id, EventFilter(failed=True, max_counter=failed[-1] - 1))
+    assert before is not None and before.counter == failed[0]
+    assert store.last_event(run.id, EventFilter(failed=True, max_counter=failed[0] - 1)) is None
+    assert (
+        store.last_event(run.id, EventFilter(text="ok: [host-2]", max_counter=9))
+        == (_events(records)[7])
+    )
+    assert store.last_event(99) is None
+
+
 def test_events_round_trip_every_field(store: Store) -> None:
     records = make_run(20)
     store.ingest(records)

@@ -3,11 +3,13 @@ never look complete, the output is paginated, and login keeps the token out of U
 
 from __future__ import annotations
 
+import json
 import re
 
 from apitest import Api
 from playledger.events import Event
-from playledger.web.views import OUTPUT_PAGE, fold_output
+from playledger.web.views import OUTPUT_PAGE, fold_output, live_block
+from test_api_read import _sse
 from uifactories import job_run
 
 
@@ -160,3 +162,88 @@ def test_recap_is_its_own_fold_and_no_failure() -> None:
     assert [f.title for f in folds] == titles
     assert [f.failures for f in folds] == [0, 1, 0, 0]
     assert "sgr-31" not in folds[-1].blocks[0].html
+
+
+# --- the search of the whole output -------------------------------------------------------------
+# job_run(60, hosts=4): task t starts at counter 3 + 9t, host h's result is 5 + 9t + 2h; the two
+# failures ("boom on web-01" at 34, "boom on web-02" at 531) sit on output pages 1 and 2.
+FAIL_1, FAIL_2 = 5 + 9 * 3 + 2 * 1, 5 + 9 * 58 + 2 * 2
+
+
+def _search(api: Api, query: str) -> str:
+    r = api.client.get(f"/ui/runs/1/search?{query}")
+    assert r.status_code == 303, r.text
+    return str(r.headers["location"])
+
+
+def test_search_finds_a_match_on_another_page(api: Api) -> None:
+    api.store.ingest(job_run(60, hosts=4, fail=frozenset({(3, 1), (58, 2)})))
+    login(api)
+    assert _search(api, "q=BOOM+ON+WEB-02&after=0") == (
+        f"/ui/runs/1?page=2&q=BOOM+ON+WEB-02&at={FAIL_2}#c{FAIL_2}"
+    )
+    page = api.client.get(f"/ui/runs/1?page=2&q=BOOM+ON+WEB-02&at={FAIL_2}").text
+    assert '<strong id="match-count">1</strong> event of the whole run matches' in page
+    assert re.findall(r'class="blk[^"]*\bhit"', page) == ['class="blk o-failed hit"']
+    assert f'id="c{FAIL_2}" class="blk o-failed hit"' in page
+    assert f'name="after" value="{FAIL_2 - 1}"' in page  # a new search starts here
+    assert f'href="/ui/runs/1/search?q=BOOM+ON+WEB-02&amp;after={FAIL_2}"' in page
+    assert f'href="/ui/runs/1/search?q=BOOM+ON+WEB-02&amp;before={FAIL_2}"' in page
+    assert 'href="/ui/runs/1?page=1&amp;q=BOOM+ON+WEB-02#output"' in page  # pages keep q
+    # without the search, nothing is marked
+    assert " hit" not in api.client.get("/ui/runs/1?page=2").text
+
+
+def test_search_next_and_previous_cross_pages_and_wrap(api: Api) -> None:
+    api.store.ingest(job_run(60, hosts=4, fail=frozenset({(3, 1), (58, 2)})))
+    login(api)
+    first = f"/ui/runs/1?page=1&q=boom+on&at={FAIL_1}#c{FAIL_1}"
+    second = f"/ui/runs/1?page=2&q=boom+on&at={FAIL_2}#c{FAIL_2}"
+    assert _search(api, "q=boom+on") == first
+    assert _search(api, f"q=boom+on&after={FAIL_1}") == second  # next match
+    # past the last match: from the top (and before the first: from the bottom)
+    assert _search(api, f"q=boom+on&after={FAIL_2}") == first.replace("#", "&wrapped=yes#")
+    assert _search(api, f"q=boom+on&before={FAIL_2}") == first  # previous match
+    assert _search(api, f"q=boom+on&before={FAIL_1}") == second.replace("#", "&wrapped=yes#")
+    assert _search(api, "q=boom+on&after=600") == first.replace("#", "&wrapped=yes#")
+    page = api.client.get(f"/ui/runs/1?page=1&q=boom+on&at={FAIL_1}&wrapped=yes").text
+    assert '<strong id="match-count">2</strong> events of the whole run match' in page
+    assert "1 on this page" in page and "search wrapped around" in page
+    # on a page reached without a match (the pager), next starts at the page's first counter
+    pager = api.client.get("/ui/runs/1?page=2&q=boom+on").text
+    assert f'href="/ui/runs/1/search?q=boom+on&amp;after={OUTPUT_PAGE}"' in pager
+    assert f'href="/ui/runs/1/search?q=boom+on&amp;before={OUTPUT_PAGE + 1}"' in pager
+
+
+def test_search_without_a_match_or_a_query(api: Api) -> None:
+    api.store.ingest(job_run(60, hosts=4, fail=frozenset({(3, 1)})))
+    login(api)
+    for text in ("no+such+output", "%25", "_", "boom%25"):  # % and _ are taken literally
+        assert _search(api, f"q={text}&after=510") == f"/ui/runs/1?page=2&q={text}#output"
+    page = api.client.get("/ui/runs/1?page=2&q=no+such+output").text
+    assert '<strong id="match-count">0</strong> events of the whole run match' in page
+    assert 'id="next-match"' not in page and " hit" not in page
+    # an empty or blank query is no search at all
+    for blank in ("", "+++", "%09"):
+        assert _search(api, f"q={blank}&after=510") == "/ui/runs/1?page=2#output"
+    assert 'id="search-status"' not in api.client.get("/ui/runs/1?q=+++").text
+    assert api.client.get("/ui/runs/99/search?q=x").status_code == 404
+
+
+def test_live_blocks_are_the_folds_blocks(api: Api) -> None:
+    """The live tail folds what the UI stream sends: the server's own rendering of a block."""
+    records = job_run(3, fail=frozenset({(1, 2)}))
+    events = [r for r in records if isinstance(r, Event)]
+    blocks = [b for f in fold_output(events, 1, len(events)) for b in f.blocks]
+    shown = [live_block(e) for e in events if e.stdout]
+    assert [b["html"] for b in shown] == [str(b.html) for b in blocks]
+    assert [b["css"] for b in shown] == [b.css for b in blocks]
+    api.store.ingest(records)
+    login(api)
+    r = api.client.get("/ui/runs/1/stream?after=0")
+    messages = _sse(r.text)
+    assert [m[0] for m in messages] == ["event"] * len(events) + ["end"]
+    first_task = next(m[1] for m in messages if m[1]["title"] == "TASK [step 0]")
+    assert first_task["opens"] is True and first_task["kind"] == "task"
+    assert json.loads(json.dumps(messages[1][1])) == live_block(events[1])
+    assert "event_data" not in messages[1][1]

@@ -10,7 +10,7 @@ import re
 import signal
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -51,6 +51,7 @@ def browser() -> Iterator[Browser]:
 class Served:
     server: Server
     live_rest: list[RunStart | Event | RunEnd]  # what run 3 has not stored yet
+    big_live_rest: list[RunStart | Event | RunEnd] = field(default_factory=list)  # of run 5
 
     @property
     def url(self) -> str:
@@ -60,20 +61,22 @@ class Served:
 @pytest.fixture
 def served(env: Env) -> Iterator[Served]:
     """A server over a SQLite store holding: 1 a run with a failure deep in its output,
-    2 a run whose events 20-29 were lost, 3 a run still going (16 events so far),
-    4 a run of 20,163 events."""
+    2 a run whose events 20-29 were lost, 3 a run still going (15 events so far),
+    4 a run of 20,163 events, 5 a run still going with two pages of output (549 events)."""
     live = job_run(5)
+    big_live = job_run(30, hosts=10)  # 2 + 30 * 21 + 1 events
     store = open_store(env.db)
     try:
         store.ingest(job_run(60, hosts=4, fail=frozenset({(3, 1), (58, 2)})))
         store.ingest(job_run(5, drop=frozenset(range(20, 30))))
         store.ingest(live[:16])
         store.ingest(job_run(960, hosts=10))  # 2 + 960 * 21 + 1 events
+        store.ingest(big_live[:550])
     finally:
         store.close()
     srv = Server(env, env.db)
     srv.start()
-    yield Served(srv, live[16:])
+    yield Served(srv, live[16:], big_live[550:])
     srv.stop()
 
 
@@ -127,11 +130,6 @@ def test_runs_run_events_and_host_pages(browser: Browser, served: Served) -> Non
     expect(page).to_have_url(re.compile(r"/ui/runs/1\?page=2#c\d+$"))
     expect(page.locator(".blk.target")).to_contain_text("fatal: [web-02]")
     expect(page.locator(".blk.target")).to_be_in_viewport()
-    # Find on this page highlights the matches and shows the first.
-    page.fill("#find", "boom on web-02")
-    page.press("#find", "Enter")
-    expect(page.locator(".blk.hit")).to_have_count(1)
-    expect(page.locator(".blk.hit")).to_be_in_viewport()
 
     # Events: filter, open one event's data.
     page.goto(f"{served.url}/ui/runs/1/events")
@@ -175,25 +173,144 @@ def test_big_run_opens_one_page_of_output(browser: Browser, served: Served) -> N
     page.close()
 
 
-def test_live_run_updates_without_reload(browser: Browser, served: Served) -> None:
+def search(page: Page, text: str) -> None:
+    page.fill("#search input[name=q]", text)
+    page.press("#search input[name=q]", "Enter")
+
+
+def test_search_the_whole_output(browser: Browser, served: Served) -> None:
+    page = logged_in(browser, served)
+    # A banner that exists only on the last of 41 output pages, found from page 1.
+    page.goto(f"{served.url}/ui/runs/4")
+    expect(page.locator("#output .dim").first).to_contain_text("page 1 of 41")
+    search(page, "task [STEP 959]")
+    at_41 = r"/ui/runs/4\?page=41&q=task\+%5BSTEP\+959%5D&at=20142#c20142$"  # 3 + 21 * 959
+    expect(page).to_have_url(re.compile(at_41))
+    expect(page.locator("#match-count")).to_have_text("1")
+    hit = page.locator(".blk.hit")
+    expect(hit).to_have_count(1)
+    expect(hit).to_have_class(re.compile(r"\btarget\b"))
+    expect(hit).to_be_in_viewport()
+    expect(hit.locator("mark")).to_have_text("TASK [step 959]")  # the text as it is, marked
+    shot(page, "run-search")
+
+    # Run 1: "boom on" is on page 1 (web-01) and page 2 (web-02); next / previous cross pages.
+    page.goto(f"{served.url}/ui/runs/1")
+    search(page, "Boom On")
+    expect(page).to_have_url(re.compile(r"\?page=1&q=Boom\+On&at=\d+#c\d+$"))
+    expect(page.locator("#match-count")).to_have_text("2")
+    expect(page.locator(".blk.target")).to_contain_text("boom on web-01")
+    page.click("#next-match")
+    expect(page).to_have_url(re.compile(r"\?page=2&q=Boom\+On&at=\d+#c\d+$"))
+    expect(page.locator(".blk.target")).to_contain_text("boom on web-02")
+    expect(page.locator(".blk.target mark")).to_have_text("boom on")
+    page.click("#prev-match")
+    expect(page).to_have_url(re.compile(r"\?page=1&q=Boom\+On&at=\d+#c\d+$"))
+    expect(page.locator(".blk.target")).to_contain_text("boom on web-01")
+    expect(page.locator(".blk.target")).to_be_in_viewport()
+    page.click("#prev-match")  # before the first: around to the last
+    expect(page.locator("#wrapped")).to_be_visible()
+    expect(page.locator(".blk.target")).to_contain_text("boom on web-02")
+
+    # Many matches on one page: next / previous move on the page without a request. web-03's
+    # results are at 11 + 9t; "changed: [web-03]" (t = 1, 5, 9 ...) is no match.
+    page.goto(f"{served.url}/ui/runs/1")
+    search(page, "OK: [WEB-03]")
+    expect(page).to_have_url(re.compile(r"\?page=1&q=OK%3A\+%5BWEB-03%5D&at=11#c11$"))
+    page.evaluate("window.samePage = true")
+    page.click("#next-match")
+    expect(page).to_have_url(re.compile(r"&at=29#c29$"))
+    page.click("#next-match")
+    expect(page).to_have_url(re.compile(r"&at=38#c38$"))
+    page.click("#prev-match")
+    expect(page).to_have_url(re.compile(r"&at=29#c29$"))
+    expect(page.locator(".blk.target")).to_contain_text("ok: [web-03]")
+    assert page.evaluate("window.samePage") is True
+    hits = page.locator(".blk.hit").count()
+    assert hits == page.locator(".blk.hit mark").count() == 41, hits  # t <= 54, t % 4 != 1
+
+    # Nothing found, then an empty query: no search.
+    search(page, "no such output")
+    expect(page.locator("#match-count")).to_have_text("0")
+    expect(page.locator("#next-match")).to_have_count(0)
+    search(page, "   ")
+    expect(page.locator("#search-status")).to_have_count(0)
+    expect(page).not_to_have_url(re.compile(r"q="))
+    page.close()
+
+
+def fold_view(page: Page) -> list[list[object]]:
+    """Each fold of the output as the DOM holds it: class, task, title, count, blocks."""
+    folds: list[list[object]] = page.eval_on_selector_all(
+        ".output details.fold",
+        """folds => folds.map(d => [d.className, d.dataset.task,
+            d.querySelector('.fold-title').textContent, d.querySelector('.blocks').textContent,
+            Array.from(d.querySelectorAll('pre .blk')).map(b => b.outerHTML)])""",
+    )
+    return folds
+
+
+def test_live_run_folds_new_events_in_place(browser: Browser, served: Served) -> None:
     page = logged_in(browser, served)
     page.goto(f"{served.url}/ui/runs/3")
     expect(page.locator(".run-head .badge")).to_have_text("still running")
     expect(page.locator("#live")).to_be_visible()
     before = page.locator("#stored").inner_text()
     assert before == "15"  # the run start is no event
+    step_1 = page.locator(".output details.fold-task", has_text="TASK [step 1]")
+    expect(step_1.locator(".blk")).to_have_count(3)  # its banner and two of three hosts
+    page.evaluate("window.notReloaded = true")
     # the rest of run 3 arrives while the page is open
     store = open_store(served.server.vars["PLAYLEDGER_DB"])
     try:
-        store.ingest(served.live_rest[:10])
+        store.ingest(served.live_rest[:10])  # counters 16-25: step 1's last host, step 2, 3
         expect(page.locator("#stored")).to_have_text("25")
-        expect(page.locator(".live-tail")).to_contain_text("ok: [web-")
+        expect(step_1.locator(".blk")).to_have_count(4)
+        expect(step_1.locator(".blk").last).to_contain_text("ok: [web-02]")
+        expect(step_1.locator(".blocks")).to_have_text("4 line blocks")
+        step_2 = page.locator(".output details.fold-task", has_text="TASK [step 2]")
+        expect(step_2.locator(".blk")).to_have_count(4)
+        expect(step_2.locator(".blk.o-changed .sgr-33")).to_contain_text("changed: [web-02]")
+        expect(page.locator(".output details.fold-task", has_text="TASK [step 3]")).to_have_count(1)
+        folded = page.locator(".output details pre .blk").count()
+        assert page.locator(".output .blk").count() == folded  # none after the folds
+        assert page.evaluate("window.notReloaded") is True
+        live = fold_view(page)
         store.ingest(served.live_rest[10:])
     finally:
         store.close()
-    # at the stream's end the page reloads with the final verdict
+    # at the stream's end the page reloads with the final verdict, folded by the server: every
+    # fold the live page had built (but the last, still growing then) is the server's own
     expect(page.locator(".run-head .badge")).to_have_text("complete", timeout=30_000)
+    assert page.evaluate("window.notReloaded") is None
+    served_folds = fold_view(page)
+    assert len(live) == 5 and live[:-1] == served_folds[: len(live) - 1]
     shot(page, "live-done")
+    page.close()
+
+
+def test_live_run_elsewhere_than_its_last_page(browser: Browser, served: Served) -> None:
+    page = logged_in(browser, served)
+    page.goto(f"{served.url}/ui/runs/5")  # page 1 of 2: counters 1-500
+    expect(page.locator("#live")).to_be_visible()
+    expect(page.locator("#stored")).to_have_text("549")
+    blocks = page.locator(".output .blk").count()
+    store = open_store(served.server.vars["PLAYLEDGER_DB"])
+    try:
+        store.ingest(served.big_live_rest[:10])
+        expect(page.locator("#stored")).to_have_text("559")
+        expect(page.locator("#new-events")).to_have_text("10 new events — go to the end")
+        assert page.locator(".output .blk").count() == blocks  # page 1 stays as it is
+        page.click("#new-events a")
+        expect(page).to_have_url(re.compile(r"/ui/runs/5\?page=2#output-end$"))
+        expect(page.locator("#stored")).to_have_text("559")
+        expect(page.locator("#live")).to_be_visible()
+        store.ingest(served.big_live_rest[10:20])  # on the last page: folded in place
+        expect(page.locator("#stored")).to_have_text("569")
+        expect(page.locator("#c569")).to_have_count(1)
+        expect(page.locator("#new-events")).to_be_hidden()
+    finally:
+        store.close()
     page.close()
 
 

@@ -213,7 +213,12 @@ def hosts(ctx: click.Context, run_ref: str, as_json: bool) -> None:
 
 
 def _filters(
-    host: str | None, event: str | None, task: str | None, failed: bool, changed: bool
+    host: str | None,
+    event: str | None,
+    task: str | None,
+    failed: bool,
+    changed: bool,
+    grep: str | None,
 ) -> EventFilter:
     return EventFilter(
         host=host,
@@ -221,6 +226,7 @@ def _filters(
         task=task,
         failed=True if failed else None,
         changed=True if changed else None,
+        text=grep or None,
     )
 
 
@@ -231,6 +237,9 @@ def _filters(
 @click.option("--task", help="Only this task (name or task uuid).")
 @click.option("--failed", is_flag=True, help="Only failed events.")
 @click.option("--changed", is_flag=True, help="Only changed events.")
+@click.option(
+    "--grep", metavar="TEXT", help="Only events whose output contains TEXT (any case, literal)."
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines with every field.")
 @click.pass_context
@@ -243,11 +252,12 @@ def events(
     task: str | None,
     failed: bool,
     changed: bool,
+    grep: str | None,
     limit: int | None,
     as_json: bool,
 ) -> None:
     """A run's events, filtered."""
-    filters = _filters(host, event_name, task, failed, changed)
+    filters = _filters(host, event_name, task, failed, changed, grep)
     with _store(_settings(ctx)) as store:
         run_row = store.run(run_ref)
         stream = store.events(run_row.id, filters, limit)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import html
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from playledger import render
+from playledger.events import Event
 from playledger.store.base import RunRow, Store
 
 PAGE = 1000
@@ -79,9 +80,16 @@ def _finished(run: RunRow) -> bool:
 
 
 async def event_stream(
-    request: Request, store: Store, run: RunRow, after: int, poll: float, idle_end: float
+    request: Request,
+    store: Store,
+    run: RunRow,
+    after: int,
+    poll: float,
+    idle_end: float,
+    encode: Callable[[Event], bytes] | None = None,
 ) -> AsyncIterator[str]:
-    """SSE: every stored event after `after`, as stored, then `end` once the run is complete.
+    """SSE: every stored event after `after`, as stored (or as `encode` gives it: the web UI
+    sends its own rendering), then `end` once the run is complete.
 
     Ends when the run's final record is stored and every counter up to `emitted` was sent,
     when an aborted run has nothing more, when a finished run brings nothing new for
@@ -92,12 +100,13 @@ async def event_stream(
     quiet_since = loop.time()
     last_beat = loop.time()
     encoder = msgspec.json.Encoder()
+    data_of = encode or encoder.encode
     while True:
         if await request.is_disconnected():
             return
         events = await run_in_threadpool(store.event_page, run.id, None, after, PAGE)
         for e in events:
-            data = encoder.encode(e).decode()
+            data = data_of(e).decode()
             yield f"id: {e.counter}\nevent: event\ndata: {data}\n\n"
             after = e.counter
         if len(events) == PAGE:

@@ -174,8 +174,14 @@ def _run(store: Store, ref: str) -> RunRow | None:
 
 @router.get("/ui/runs/{run_ref}")
 def run_page(
-    request: Request, run_ref: str, page: Annotated[int | None, Query(ge=1)] = None
+    request: Request,
+    run_ref: str,
+    page: Annotated[int | None, Query(ge=1)] = None,
+    q: str = "",
+    at: Annotated[int | None, Query(ge=1)] = None,
+    wrapped: str = "",
 ) -> Response:
+    """`q`: a search of the whole output (`at`: the match the page opened on)."""
     _viewer(request)
     store = state(request).store
     run = _run(store, run_ref)
@@ -209,7 +215,32 @@ def run_page(
         upto=upto,
         top=top,
         timeline=_timeline(store, run),
-        page_url=lambda n: _url(f"/ui/runs/{run.id}", page=n),
+        search=_output_search(store, run.id, q.strip(), first, upto, at, bool(wrapped)),
+        page_url=lambda n: _url(f"/ui/runs/{run.id}", page=n, q=q.strip()),
+    )
+
+
+def _output_search(
+    store: Store, run_id: int, q: str, first: int, upto: int, at: int | None, wrapped: bool
+) -> views.OutputSearch | None:
+    """The run page's search state: whole-run count, this page's matches, next/previous."""
+    if not q:
+        return None
+    here = EventFilter(text=q, min_counter=first, max_counter=upto)
+    hits = store.event_page(run_id, here, first - 1, views.OUTPUT_PAGE)
+    base = f"/ui/runs/{run_id}/search"
+    after, before = (at, at) if at else (first - 1, first)
+    return views.OutputSearch(
+        q=q,
+        count=store.count_events(run_id, EventFilter(text=q)),
+        hits=frozenset(e.counter for e in hits),
+        at=at,
+        wrapped=wrapped,
+        after=after,
+        before=before,
+        next_url=_url(base, q=q, after=after),
+        prev_url=_url(base, q=q, before=before),
+        clear_url=_url(f"/ui/runs/{run_id}", page=_output_page(first)),
     )
 
 
@@ -281,6 +312,56 @@ def next_failure(
     counter = found[0].counter
     page = (counter - 1) // views.OUTPUT_PAGE + 1
     return RedirectResponse(f"/ui/runs/{run.id}?page={page}#c{counter}", 303)
+
+
+@router.get("/ui/runs/{run_ref}/search")
+def search_output(
+    request: Request,
+    run_ref: str,
+    q: str = "",
+    after: Annotated[int, Query(ge=0)] = 0,
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> Response:
+    """Redirect to the output page holding the first event whose output contains `q` after
+    counter `after` (with `before`: the last one before it), wrapping around at either end;
+    the whole run is searched (one keyset query, LIMIT 1), not only the page shown."""
+    _viewer(request)
+    store = state(request).store
+    run = _run(store, run_ref)
+    if run is None:
+        return _not_found(request, f"no run {run_ref!r}")
+    q = q.strip()
+    base = f"/ui/runs/{run.id}"
+    here = before if before is not None else after + 1
+    if not q:  # no search: back to where the form was
+        return RedirectResponse(_url(base, page=_output_page(here)) + "#output", 303)
+    found, wrapped = _match(store, run.id, q, after, before)
+    if found is None:  # the page says "0 events match"
+        return RedirectResponse(_url(base, page=_output_page(here), q=q) + "#output", 303)
+    target = _url(base, page=_output_page(found), q=q, at=found, wrapped="yes" if wrapped else None)
+    return RedirectResponse(f"{target}#c{found}", 303)
+
+
+def _match(
+    store: Store, run_id: int, q: str, after: int, before: int | None
+) -> tuple[int | None, bool]:
+    """The counter of the next (or, with `before`, previous) match, and whether the search
+    wrapped around the end (or the start) of the output to find it."""
+    if before is not None:
+        found = store.last_event(run_id, EventFilter(text=q, max_counter=before - 1))
+        if found is not None:
+            return found.counter, False
+        last = store.last_event(run_id, EventFilter(text=q))
+        return (last.counter, True) if last is not None else (None, False)
+    page = store.event_page(run_id, EventFilter(text=q), after, 1)
+    if page:
+        return page[0].counter, False
+    page = store.event_page(run_id, EventFilter(text=q), 0, 1) if after else []
+    return (page[0].counter, True) if page else (None, False)
+
+
+def _output_page(counter: int) -> int:
+    return max(counter - 1, 0) // views.OUTPUT_PAGE + 1
 
 
 def _failures(store: Store, run_id: int, after: int) -> list[Event]:
@@ -376,14 +457,20 @@ def host_page(
 @router.get("/ui/runs/{run_ref}/stream")
 def stream(request: Request, run_ref: str, after: Annotated[int, Query(ge=0)] = 0) -> Response:
     """The API's live event stream, authenticated by the UI session (EventSource cannot send
-    an Authorization header)."""
+    an Authorization header); each event comes rendered and ready to fold (views.live_block)."""
     _viewer(request)
     st = state(request)
     run = _run(st.store, run_ref)
     if run is None:
         return Response("no such run", 404)
     body = event_stream(
-        request, st.store, run, after, st.settings.stream_poll, st.settings.stream_idle_end
+        request,
+        st.store,
+        run,
+        after,
+        st.settings.stream_poll,
+        st.settings.stream_idle_end,
+        encode=lambda e: msgspec.json.encode(views.live_block(e)),
     )
     return StreamingResponse(
         body,

@@ -201,6 +201,13 @@ def list_events(
     changed: bool | None = None,
     min_counter: Annotated[int | None, Query(ge=1)] = None,
     max_counter: Annotated[int | None, Query(ge=1)] = None,
+    text: Annotated[
+        str | None,
+        Query(
+            description="Case-insensitive substring of the event's stdout, taken literally "
+            "(% and _ are no wildcards); empty: no filter"
+        ),
+    ] = None,
     after: Annotated[int, Query(ge=0, description="Cursor: counters above it")] = 0,
     page_size: Annotated[int, Query(ge=1, le=1000)] = 200,
     count: Annotated[bool, Query(description="Include the total count of matches")] = True,
@@ -208,7 +215,9 @@ def list_events(
 ) -> Response:
     store = state(request).store
     run = store.run(run_ref)
-    filters = EventFilter(host, event, task, failed, changed, min_counter, max_counter)
+    filters = EventFilter(
+        host, event, task, failed, changed, min_counter, max_counter, text=text or None
+    )
     events = store.event_page(run.id, filters, after, page_size)
     more = len(events) == page_size
     return json_response(

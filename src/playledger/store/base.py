@@ -74,6 +74,16 @@ class EventFilter:
     changed: bool | None = None
     min_counter: int | None = None
     max_counter: int | None = None
+    # A substring of `stdout`, case-insensitive (SQLite folds ASCII letters only; PostgreSQL
+    # folds as its ILIKE does under the database's locale). '' matches every event.
+    text: str | None = None
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern (escape character backslash) matching `text` anywhere, literally:
+    `%`, `_` and the backslash itself lose their pattern meaning."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 # --- read API rows ---------------------------------------------------------------------------
@@ -189,6 +199,11 @@ class Store(Protocol):
 
         `offset` skips that many more matches (AWX page numbers); keyset is the fast path.
         """
+        ...
+
+    def last_event(self, run_id: int, filters: EventFilter | None = None) -> Event | None:
+        """The matching event with the highest counter (keyset, descending: "previous match"
+        is `max_counter=N - 1`); None when nothing matches."""
         ...
 
     def max_counter(self, run_id: int) -> int:

@@ -79,6 +79,19 @@ class PostgresReadAPI(PostgresReads):
             ).fetchall()
         return [_event(uuid, r) for r in rows]
 
+    def last_event(self, run_id: int, filters: EventFilter | None = None) -> Event | None:
+        with self._conn() as conn:
+            located = self._locate(conn, run_id)
+            if located is None:
+                return None
+            uuid, day = located
+            where, args = self._where(run_id, day, filters or EventFilter())
+            row = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY counter DESC LIMIT 1",
+                args,
+            ).fetchone()
+        return None if row is None else _event(uuid, row)
+
     def max_counter(self, run_id: int) -> int:
         with self._conn() as conn:
             located = self._locate(conn, run_id)

@@ -17,7 +17,7 @@ import psycopg
 
 from playledger.errors import RunNotFound
 from playledger.events import Event
-from playledger.store.base import SUMMARY_FIELDS, EventFilter, HostSummary, RunRow
+from playledger.store.base import SUMMARY_FIELDS, EventFilter, HostSummary, RunRow, like_pattern
 from playledger.store.pg_schema import INDEXED_MAX as _CUT
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -150,6 +150,9 @@ class PostgresReads:
         if f.max_counter is not None:
             clauses.append("counter <= %s")
             args.append(f.max_counter)
+        if f.text is not None:
+            clauses.append("stdout ILIKE %s ESCAPE '\\'")
+            args.append(like_pattern(f.text))
         return " AND ".join(clauses), args
 
     def events(

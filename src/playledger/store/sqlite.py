@@ -22,6 +22,7 @@ from playledger.store.base import (
     IngestResult,
     PurgeResult,
     RunRow,
+    like_pattern,
 )
 from playledger.store.lines import LineMarks
 from playledger.store.sqlite_api import EVENT_COLUMNS, RUN_COLUMNS, SQLiteReadAPI, _event
@@ -494,6 +495,9 @@ class SQLiteStore(SQLiteReadAPI):
         if f.max_counter is not None:
             clauses.append("counter <= ?")
             args.append(f.max_counter)
+        if f.text is not None:  # LIKE: case-insensitive for ASCII letters (no ICU here)
+            clauses.append("stdout LIKE ? ESCAPE '\\'")
+            args.append(like_pattern(f.text))
         return " AND ".join(clauses), args
 
     def events(

@@ -124,6 +124,18 @@ class SQLiteReadAPI:
         ).fetchall()
         return [_event(row[0], r) for r in rows]
 
+    def last_event(self, run_id: int, filters: EventFilter | None = None) -> Event | None:
+        where, args = self._where(run_id, filters or EventFilter())
+        db = self._reader()
+        run = db.execute("SELECT uuid FROM runs WHERE id=?", (run_id,)).fetchone()
+        if run is None:
+            return None
+        row = db.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY counter DESC LIMIT 1",
+            args,
+        ).fetchone()
+        return None if row is None else _event(run[0], row)
+
     def max_counter(self, run_id: int) -> int:
         row = (
             self._reader()

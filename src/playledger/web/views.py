@@ -17,6 +17,7 @@ from playledger.store.base import RunRow
 
 OUTPUT_PAGE = 500  # counters per job-output page: page k holds counters (k-1)*P+1 .. k*P
 TASK_EVENTS = ("playbook_on_task_start", "playbook_on_handler_task_start")
+FOLD_EVENTS = ("playbook_on_play_start", *TASK_EVENTS, "playbook_on_stats")  # each opens a fold
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,57 @@ class Fold:
     continued: bool = False
     blocks: list[Block] = field(default_factory=list)
     failures: int = 0
+    task_uuid: str | None = None  # the task whose output it holds last (live events go on)
+
+
+def fold_head(event: Event) -> tuple[str, str]:
+    """The title and kind of the fold `event` opens (FOLD_EVENTS) or, for a result met
+    mid-task, of the fold that continues its task."""
+    if event.event == "playbook_on_play_start":
+        return f"PLAY [{event.play or ''}]", "play"
+    if event.event in TASK_EVENTS:
+        return f"TASK [{event.task or ''}]", "task"
+    if event.event == "playbook_on_stats":
+        return "PLAY RECAP", "play"
+    return (f"TASK [{event.task}]", "task") if event.task else ("output", "other")
+
+
+def block_html(event: Event) -> Markup:
+    """One event's output as the terminal showed it (the recap uncoloured); '' for none."""
+    text = "\n".join(render.job_output([event], color=event.event != "playbook_on_stats"))
+    return Markup(ansi_to_html(text))
+
+
+def live_block(event: Event) -> dict[str, object]:
+    """What the run page's live tail needs of an event to fold it as `fold_output` does
+    (app.js follows the same steps), with its output already rendered here."""
+    title, kind = fold_head(event)
+    return {
+        "counter": event.counter,
+        "opens": event.event in FOLD_EVENTS,
+        "play_start": event.event == "playbook_on_play_start",
+        "title": title,
+        "kind": kind,
+        "task_uuid": event.task_uuid,
+        "css": outcome(event),
+        "html": str(block_html(event)) if event.stdout else "",
+    }
+
+
+@dataclass(frozen=True)
+class OutputSearch:
+    """A search of the whole run's output, as the run page shows it."""
+
+    q: str
+    count: int  # events of the whole run whose output contains q
+    hits: frozenset[int]  # the matching counters on the page shown
+    at: int | None  # the match the page was opened on (the current position)
+    wrapped: bool  # it was found by wrapping around an end of the output
+    after: int  # "next match" looks after this counter
+    before: int  # "previous match" looks before this counter
+    next_url: str
+    prev_url: str
+    clear_url: str
 
 
 def fold_output(events: list[Event], first: int, last: int, gaps: bool = True) -> list[Fold]:
@@ -132,34 +184,27 @@ def fold_output(events: list[Event], first: int, last: int, gaps: bool = True) -
             folds.append(Fold(_gap_title(expected, event.counter - 1), "gap"))
             current = None
         expected = event.counter + 1
-        if event.event == "playbook_on_play_start":
-            current = Fold(f"PLAY [{event.play or ''}]", "play")
-            folds.append(current)
-        elif event.event in TASK_EVENTS:
-            current = Fold(f"TASK [{event.task or ''}]", "task")
-            folds.append(current)
-        elif event.event == "playbook_on_stats":
-            current = Fold("PLAY RECAP", "play")
+        if event.event in FOLD_EVENTS:
+            current = Fold(*fold_head(event))
             folds.append(current)
         elif current is None or (event.task_uuid and event.task_uuid != task_uuid):
             # A page or selection that starts mid-task, or (host pages) the next task's
             # results without its start event.
             if not event.stdout:
                 continue  # e.g. playbook_on_start: nothing to show, no empty fold
-            title = f"TASK [{event.task}]" if event.task else "output"
-            current = Fold(title, "task" if event.task else "other", continued=first > 1)
+            current = Fold(*fold_head(event), continued=first > 1)
             folds.append(current)
         if event.event == "playbook_on_play_start":
             task_uuid = None
         elif event.task_uuid and event.stdout:
             task_uuid = event.task_uuid
+        current.task_uuid = task_uuid
         if not event.stdout:
             continue
         css = outcome(event)
         if css in ("failed", "unreachable"):
             current.failures += 1
-        text = "\n".join(render.job_output([event], color=event.event != "playbook_on_stats"))
-        current.blocks.append(Block(event.counter, Markup(ansi_to_html(text)), css))
+        current.blocks.append(Block(event.counter, block_html(event), css))
     if gaps and expected <= last:
         folds.append(Fold(_gap_title(expected, last), "gap"))
     return folds
