@@ -100,6 +100,27 @@
     es.addEventListener("end", function () { es.close(); location.reload(); });
     es.addEventListener("error", () => { live.hidden = true; });
   }
+  // A big run's verify report (it reads every event) is fetched once the page is shown;
+  // until it arrives the section says "verifying…" and shows no verdict at all.
+  const slot = document.getElementById("verify-slot");
+  if (slot && window.fetch) {
+    const waiting = document.getElementById("verifying");
+    waiting.hidden = false;
+    fetch(slot.dataset.src, { credentials: "same-origin" })
+      .then(function (r) {
+        if (!r.ok || r.redirected) throw new Error("HTTP " + r.status);
+        return r.text();
+      })
+      .then(function (html) { slot.innerHTML = html; })
+      .catch(function (err) {
+        waiting.className = "warn";
+        waiting.textContent = "The verify report could not be loaded (" + err.message + "): ";
+        const link = document.createElement("a");
+        link.href = slot.dataset.src.replace(/\/fragment$/, "");
+        link.textContent = "open it on its own page";
+        waiting.appendChild(link);
+      });
+  }
   function outcome(e) {
     if (e.event === "runner_on_unreachable") return "unreachable";
     if (e.failed || e.event.endsWith("_failed")) return "failed";
