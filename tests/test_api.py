@@ -199,6 +199,7 @@ def test_openapi_document(api: Api) -> None:
         "/api/v1/runs/{run_ref}/hosts",
         "/api/v1/runs/{run_ref}/stdout",
         "/api/v1/runs/{run_ref}/verify",
+        "/api/v1/hosts/{host}/runs",
         "/api/v2/jobs/{job_id}/",
         "/api/v2/jobs/{job_id}/job_events/",
         "/api/v2/jobs/{job_id}/events/",
@@ -212,6 +213,7 @@ def test_openapi_document(api: Api) -> None:
     assert {"ErrorBody", "RunOut", "RunList", "EventList", "Event", "IngestResponse"} <= set(
         schemas
     )
+    assert {"HostRunList", "HostRunOut", "HostSummaryOut"} <= set(schemas)
     assert set(schemas["ErrorBody"]["required"]) == ERROR_KEYS
     params = {p["name"] for p in paths["/api/v1/runs/{run_ref}/events"]["get"]["parameters"]}
     assert {"host", "event", "task", "failed", "changed", "page_size", "after", "count"} <= params

@@ -233,6 +233,39 @@ def test_host_summaries_before_the_recap(api: Api) -> None:
     assert_error(api.get("/api/v1/runs/1/hosts"), 404, "no_host_summary")
 
 
+def test_host_runs(api: Api) -> None:
+    """A host's runs, newest first: from the recaps, and from the events of runs without one."""
+    api.ingest(make_run(20, hosts=4))  # 1: host-3 in the recap
+    for _ in range(3):
+        api.ingest(make_run(10, hosts=2))  # 2..4: host-0 and host-1 only
+    open_run = make_run(20, hosts=4)
+    api.ingest(open_run[:8])  # 5: still running; host-3 has events (counters 3 and 7)
+    body = api.get("/api/v1/hosts/host-3/runs").json()
+    assert body["next"] is None
+    assert [(r["run"]["id"], r["source"]) for r in body["results"]] == [(5, "events"), (1, "recap")]
+    running, recap = body["results"]
+    assert running["summary"] is None and running["run"]["status"] == "running"
+    assert running["run"]["complete"] is False
+    assert recap["summary"] == {"host": "host-3", "ok": 1, "changed": 0, "failures": 0,
+                                "dark": 0, "skipped": 0, "rescued": 0, "ignored": 0,
+                                "failed": False}  # fmt: skip
+    assert recap["run"]["links"]["self"] == "/api/v1/runs/1"
+    # keyset pages over host-0's five runs
+    seen: list[int] = []
+    url: str | None = "/api/v1/hosts/host-0/runs?page_size=2"
+    for _ in range(5):
+        if url is None:
+            break
+        page = api.get(url).json()
+        seen += [r["run"]["id"] for r in page["results"]]
+        url = page["next"]
+    assert seen == [5, 4, 3, 2, 1] and url is None
+    assert api.get("/api/v1/hosts/nobody/runs").json() == {"next": None, "results": []}
+    assert_error(api.get("/api/v1/hosts/host-3/runs?page_size=0"), 400, "invalid_parameter")
+    assert_error(api.get("/api/v1/hosts/host-3/runs?limit=5"), 400, "unknown_parameter")
+    assert api.client.get("/api/v1/hosts/host-3/runs").status_code == 401
+
+
 def test_job_output_formats(one_run: tuple[Api, list[Event]]) -> None:
     api, events = one_run
     text = api.get("/api/v1/runs/1/stdout").text

@@ -20,8 +20,9 @@ from click.testing import CliRunner
 from factories import make_run
 from pgtest import fresh_schema
 from playledger.errors import RunNotFound, StoreBusy, StoreError, TokenNotFound
-from playledger.events import GENESIS_HASH, Event, RunEnd, RunStart, seal
-from playledger.store import EventFilter, RunQuery, Store, is_postgres, open_store
+from playledger.events import GENESIS_HASH, Event, RunEnd, RunStart, encode_data, seal
+from playledger.store import EventFilter, RunQuery, Store, is_postgres, open_store, upgrade_store
+from playledger.store.base import RECAPLESS_CHECKED
 from playledger.store.sqlite import SQLiteStore
 from playledger.verify import verify_run
 
@@ -498,3 +499,158 @@ def test_tokens(store: Store) -> None:
         store.revoke_token(str(t.id), "2026-12-06T00:00:00Z")
     again = store.add_token("ci", "read", "f" * 64, "plt_ghi", "2026-12-06T00:00:00Z")
     assert [x.name for x in store.tokens()] == ["ci", "ci"] and again.id != t.id
+
+
+# --- host summaries page by page, a host's runs (schema 3) -------------------------------------
+
+
+def _with_summary(
+    records: list[RunStart | Event | RunEnd], summary: dict[str, dict[str, int]]
+) -> None:
+    """Replace the recap of a make_run() run (and reseal the chain)."""
+    _events(records)[-1].event_data = encode_data({"summary": summary})
+    _reseal(records)
+
+
+def _line(ok: int = 1, failures: int = 0, dark: int = 0, changed: int = 0) -> dict[str, int]:
+    return {"ok": ok, "changed": changed, "failures": failures, "dark": dark, "skipped": 2,
+            "rescued": 0, "ignored": 1}  # fmt: skip
+
+
+def test_host_summary_pages_and_totals(store: Store) -> None:
+    records = make_run(20, hosts=3)
+    hosts = {f"h-{i:03d}": _line(ok=i) for i in range(250)}
+    hosts["h-007"] = _line(failures=2)
+    hosts["h-120"] = _line(dark=1)
+    hosts["h-121"] = _line(failures=1, dark=1, changed=3)
+    _with_summary(records, hosts)
+    store.ingest(records[:-2])  # no recap yet
+    run = store.run("latest")
+    assert store.host_totals(run.id) is None and store.host_summary_page(run.id, 10) == []
+    store.ingest(records)
+    totals = store.host_totals(run.id)
+    lines = list(hosts.values())
+    assert totals is not None
+    assert (totals.hosts, totals.failed_hosts) == (250, 3)
+    assert totals.ok == sum(x["ok"] for x in lines) and totals.failures == 3
+    assert (totals.dark, totals.changed, totals.skipped, totals.ignored) == (2, 3, 500, 250)
+    names = sorted(hosts)
+    pages = [store.host_summary_page(run.id, 100, offset) for offset in (0, 100, 200, 300)]
+    assert [[s.host for s in p] for p in pages] == [names[:100], names[100:200], names[200:], []]
+    failed = store.host_summary_page(run.id, 2, 0, failed_only=True)
+    assert [s.host for s in failed] == ["h-007", "h-120"]
+    assert [s.host for s in store.host_summary_page(run.id, 2, 2, failed_only=True)] == ["h-121"]
+    one = store.host_summary(run.id, "h-121")
+    assert one is not None and (one.failures, one.dark, one.changed, one.skipped) == (1, 1, 3, 2)
+    assert store.host_summary(run.id, "nope") is None
+    assert store.host_totals(999) is None
+    # a recap with no host at all: totals of zero, not "no recap"
+    empty = make_run(5)
+    _with_summary(empty, {})
+    store.ingest(empty)
+    zero = store.host_totals(store.run("latest").id)
+    assert zero is not None and (zero.hosts, zero.ok) == (0, 0)
+
+
+def test_host_runs_newest_first_from_recaps_and_events(store: Store) -> None:
+    """host-1 is in runs 1 (recap), 3 (recap), 4 (running: events only) and 6 (killed:
+    events only); not in 2 (other hosts) nor 5 (its recap lists no host-1, events do)."""
+    old = make_run(20, hosts=3)
+    other = make_run(20, hosts=1)  # host-0 only
+    newer = make_run(20, hosts=2)
+    running, killed = make_run(20, hosts=3), make_run(20, hosts=2)
+    partial = make_run(20, hosts=3)
+    _with_summary(partial, {"host-0": _line(), "host-2": _line()})
+    for records in (old, other, newer):
+        store.ingest(records)
+    store.ingest(running[:12])
+    store.ingest(partial)
+    store.ingest(killed[:8])
+    store.mark_aborted(killed[0].run)
+    found = store.host_runs("host-1", 10)
+    assert [(h.run.id, h.summary is not None) for h in found] == [
+        (6, False),
+        (4, False),
+        (3, True),
+        (1, True),
+    ]
+    assert [h.run.status for h in found] == ["aborted", "running", "successful", "successful"]
+    assert found[2].summary == store.host_summary(3, "host-1")
+    assert [h.run.id for h in store.host_runs("host-1", 2)] == [6, 4]
+    assert [h.run.id for h in store.host_runs("host-1", 2, before_id=4)] == [3, 1]
+    assert [h.run.id for h in store.host_runs("host-1", 10, before_id=1)] == []
+    assert [h.run.id for h in store.host_runs("host-0", 10)] == [6, 5, 4, 3, 2, 1]
+    assert store.host_runs("nobody", 10) == []
+    # the running run's recap arrives: it is now a recap row
+    store.ingest(running)
+    assert [(h.run.id, h.summary is not None) for h in store.host_runs("host-1", 3)] == [
+        (6, False),
+        (4, True),
+        (3, True),
+    ]
+
+
+def test_host_runs_reaches_past_many_newer_runs(store: Store) -> None:
+    """The recap index finds a host's run behind any number of newer runs without it; runs
+    without a recap are looked at only among the RECAPLESS_CHECKED newest of them."""
+    first = make_run(10, hosts=4)  # host-3 only here
+    store.ingest(first)
+    for _ in range(35):
+        store.ingest(make_run(5, hosts=2))
+    found = store.host_runs("host-3", 5)
+    assert [h.run.id for h in found] == [1] and found[0].summary is not None
+    purged = store.purge(_stamp("2026-12-05T00:00:00"))
+    assert purged.runs == 36 and store.host_runs("host-3", 5) == []
+
+
+def test_recapless_runs_checked_are_bounded(store: Store) -> None:
+    lone = make_run(10, hosts=4)
+    store.ingest(lone[:3])  # counters 1 (play start) and 2 (host-2): no host-3 yet
+    assert store.host_runs("host-3", 5) == []
+    store.ingest(lone[:5])  # counter 3 is host-3's
+    assert [h.run.id for h in store.host_runs("host-3", 5)] == [1]
+    for _ in range(RECAPLESS_CHECKED):
+        store.ingest(make_run(5, hosts=1)[:3])  # running, no recap, host-0 only
+    assert store.host_runs("host-3", 5) == []  # beyond the newest RECAPLESS_CHECKED
+
+
+def test_schema_3_adds_the_host_indexes(store_url: str) -> None:
+    """A store at schema 2 is upgraded (SQLite on open, PostgreSQL by `db upgrade`) and its
+    existing recaps are found by host."""
+    s = open_store(store_url)
+    s.ingest(make_run(10, hosts=2))
+    s.close()
+    if is_postgres(store_url):
+        tamper(store_url, "DROP INDEX host_summaries_host")
+        tamper(store_url, "DROP INDEX runs_no_recap")
+        tamper(store_url, "DELETE FROM schema_version WHERE version = 3")
+        with pytest.raises(StoreError, match="older"):
+            open_store(store_url)
+        assert upgrade_store(store_url).applied == [3]
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+            ).fetchall()
+        names = {r[0] for r in rows}
+    else:
+        tamper(store_url, "DROP INDEX host_summaries_host")
+        tamper(store_url, "DROP INDEX runs_no_recap")
+        tamper(store_url, "PRAGMA user_version=2")
+        assert upgrade_store(store_url).applied == [3]
+        db = sqlite3.connect(store_url)
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        plan = " ".join(
+            str(r[-1])
+            for r in db.execute(
+                "EXPLAIN QUERY PLAN SELECT run_id FROM host_summaries WHERE host = 'host-1' "
+                "ORDER BY run_id DESC LIMIT 5"
+            )
+        )
+        db.close()
+        assert "host_summaries_host" in plan
+    assert {"host_summaries_host", "runs_no_recap"} <= names
+    s = open_store(store_url)
+    try:
+        assert [h.run.id for h in s.host_runs("host-1", 5)] == [1]
+    finally:
+        s.close()

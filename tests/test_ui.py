@@ -120,12 +120,90 @@ def test_big_run_is_paginated(api: Api) -> None:
     assert "PLAY RECAP" in last and "page 17 of 17" in last
 
 
-def test_host_warning_without_the_inline_verify_report(api: Api) -> None:
-    api.store.ingest(job_run(1000, hosts=20, in_summary=19))  # > 20,000 events
+def test_big_run_gets_its_verify_report_as_a_fragment(api: Api) -> None:
+    """Above VERIFY_INLINE events the page carries no verdict of its own: a slot the script
+    fills from the fragment route (a plain link without JavaScript)."""
+    api.store.ingest(job_run(1000, hosts=20, in_summary=19))  # 41,003 events
+    api.store.ingest(job_run(960, hosts=10, drop=frozenset({777})))  # 20,162 of 20,163
     login(api)
     page = api.client.get("/ui/runs/1").text
-    assert 'id="verify"' not in page and "/ui/runs/1/verify" in page
+    assert 'id="verify"' not in page
+    assert '<div id="verify-slot" data-src="/ui/runs/1/verify/fragment"' in page
+    assert '<p class="dim" id="verifying" hidden>verifying…' in page
+    assert re.search(r'<noscript><p>This run holds 41,003 events.*href="/ui/runs/1/verify"', page)
     assert "targeted 20 hosts, 19 in summary" in page
+    fragment = api.client.get("/ui/runs/1/verify/fragment")
+    assert fragment.status_code == 200 and "<html" not in fragment.text
+    assert fragment.text.startswith('<dl class="kv verify" id="verify" data-complete="yes"')
+    assert "not in summary: web-19" in fragment.text
+    # the incomplete run: nothing on its page says complete, and neither does its report
+    lost = api.client.get("/ui/runs/2").text
+    assert 'data-complete="incomplete"' in lost and 'id="verify-slot"' in lost
+    for looks_complete in ('data-complete="complete"', 'data-complete="yes"', "chain ok"):
+        assert looks_complete not in lost
+    report = api.client.get("/ui/runs/2/verify/fragment").text
+    assert 'data-complete="no"' in report and "<dt>Missing counters</dt><dd>1: 777</dd>" in report
+    assert api.client.get("/ui/runs/9/verify/fragment").status_code == 404
+    api.client.cookies.clear()  # a script's fetch gets a 401, not the login page
+    assert api.client.get("/ui/runs/1/verify/fragment").status_code == 401
+
+
+def _host_rows(page: str) -> list[str]:
+    """The host names listed in the run page's host table."""
+    table = page.split('<section id="hosts">', 1)[1].split("</section>", 1)[0]
+    return re.findall(r'<td><a href="/ui/runs/\d+/hosts/([^"]+)">', table)
+
+
+def test_host_table_is_paged_with_totals_over_every_host(api: Api) -> None:
+    # 250 hosts targeted, 240 in the recap; web-03 and web-140 fail
+    api.store.ingest(job_run(2, hosts=250, fail=frozenset({(0, 3), (1, 140)}), in_summary=240))
+    login(api)
+    names = sorted(f"web-{i:02d}" for i in range(240))
+    first = api.client.get("/ui/runs/1").text
+    assert _host_rows(first) == names[:100]
+    assert "targeted 250 hosts, 240 in summary" in first
+    assert "hosts 1–100 of 240 · page 1 of 3" in first
+    # totals over all 240 hosts: ok 2 each but the two failures, changed 1 each, 2 failures
+    assert re.search(
+        r'<tfoot><tr [^>]*><th>all 240 hosts</th><th class="num">478</th>'
+        r'<th class="num">240</th><th class="num">2</th><th class="num">0</th>',
+        first,
+    )
+    third = api.client.get("/ui/runs/1?page=2&hpage=3").text
+    assert _host_rows(third) == names[200:] and "hosts 201–240 of 240 · page 3 of 3" in third
+    assert "page 2 of 3" in third  # the output page is still the second
+    # the host pager keeps the output page, the output pager keeps the host page
+    assert '<a href="/ui/runs/1?page=2#hosts">« first</a>' in third
+    assert '<a href="/ui/runs/1?page=2&amp;hpage=2#hosts">‹ previous</a>' in third
+    assert 'href="/ui/runs/1?page=3&amp;hpage=3#output" rel="next"' in third
+    assert "tfoot><tr" in third and "all 240 hosts</th>" in third
+
+    failed = api.client.get("/ui/runs/1?page=2&hosts=failed").text
+    assert _host_rows(failed) == ["web-03", "web-140"]
+    assert "all 240 hosts</th>" in failed  # the totals still cover every host
+    assert "<strong>only failed / unreachable (2)</strong>" in failed
+    assert '<a href="/ui/runs/1?page=2#hosts">all 240 hosts</a>' in failed
+    assert 'id="host-pager"' not in failed  # one page
+    assert 'href="/ui/runs/1?page=3&amp;hosts=failed#output" rel="next"' in failed
+
+
+def test_host_table_bad_values_and_runs_without_failures_or_recap(api: Api) -> None:
+    api.store.ingest(job_run(1, hosts=150))  # 1: nobody failed
+    api.store.ingest(job_run(1, hosts=4, finished=False))  # 2: no recap yet
+    login(api)
+    names = sorted(f"web-{i:02d}" for i in range(150))
+    for bad in ("0", "-1", "x", "1.5"):
+        r = api.client.get(f"/ui/runs/1?hpage={bad}")
+        assert r.status_code == 400 and r.json()["code"] == "invalid_parameter", bad
+    past = api.client.get("/ui/runs/1?hpage=99").text  # past the end: the last page
+    assert _host_rows(past) == names[100:] and "page 2 of 2" in past
+    bogus = api.client.get("/ui/runs/1?hosts=bogus").text
+    assert "unknown host filter &#39;bogus&#39;" in bogus and _host_rows(bogus) == names[:100]
+    none_failed = api.client.get("/ui/runs/1?hosts=failed&hpage=5").text
+    assert _host_rows(none_failed) == [] and "No host failed or was unreachable." in none_failed
+    assert "all 150 hosts</th>" in none_failed
+    running = api.client.get("/ui/runs/2?hpage=3").text
+    assert "No recap (stats event) stored yet" in running and _host_rows(running) == []
 
 
 def test_events_page_filters_and_shows_event_data(api: Api) -> None:
@@ -150,6 +228,33 @@ def test_host_page(api: Api) -> None:
     assert "Recent runs with this host" in page
     assert 'href="/ui/runs/2/hosts/web-02"' in page
     assert api.client.get("/ui/runs/99").status_code == 404
+
+
+def test_host_page_recent_runs_come_from_the_index(api: Api) -> None:
+    """web-04 is in run 1 (recap) and in run 34 (still running: events only); the 32 runs
+    between them are of web-00 and web-01 only."""
+    api.store.ingest(job_run(1, hosts=5, fail=frozenset({(0, 4)})))
+    for _ in range(32):
+        api.store.ingest(job_run(1, hosts=2))
+    api.store.ingest(job_run(1, hosts=5, finished=False))
+    login(api)
+    page = api.client.get("/ui/runs/34/hosts/web-04").text
+    assert re.findall(r'<tr data-run="(\d+)" data-source="(\w+)"', page) == [
+        ("34", "events"),
+        ("1", "recap"),
+    ]
+    assert "events only: no recap yet (still running)" in page
+    row = page.split('<tr data-run="1" data-source="recap">', 1)[1].split("</tr>", 1)[0]
+    assert '<td>recap</td><td class="num">0</td>' in row
+    assert '<td class="num c-failed">1</td>' in row
+    # 34 runs of web-00: 20 per page, then the older ones behind a keyset link
+    newest = api.client.get("/ui/runs/34/hosts/web-00").text
+    ids = [int(n) for n in re.findall(r'<tr data-run="(\d+)"', newest)]
+    assert ids == list(range(34, 14, -1))
+    assert 'href="/ui/runs/34/hosts/web-00?before=15#recent" rel="next">older runs' in newest
+    older = api.client.get("/ui/runs/34/hosts/web-00?before=15").text
+    assert [int(n) for n in re.findall(r'<tr data-run="(\d+)"', older)] == list(range(14, 0, -1))
+    assert "older runs" not in older and 'href="/ui/runs/34/hosts/web-00#recent">« newest' in older
 
 
 def test_recap_is_its_own_fold_and_no_failure() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from conftest import Env
 from playledger.events import Event, RunEnd, RunStart
@@ -165,11 +165,100 @@ def test_big_run_opens_one_page_of_output(browser: Browser, served: Served) -> N
     blocks = page.locator(".output .blk").count()
     assert 0 < blocks <= OUTPUT_PAGE, blocks
     expect(page.locator("#output .dim").first).to_contain_text("page 1 of 41")
-    expect(page.locator("#verify-section")).to_contain_text("run verify")
+    # above VERIFY_INLINE events the report is fetched after the page: it appears in place
+    expect(page.locator("#verify")).to_have_attribute("data-complete", "yes")
+    expect(page.locator("#verify-section")).to_contain_text("ok (20,163 checked)")
+    expect(page.locator("#verifying")).to_have_count(0)
     shot(page, "big-run")
     page.click("#output nav.pager >> nth=0 >> text=last »")
     expect(page.locator(".output")).to_contain_text("PLAY RECAP")
     assert page.locator(".output .blk").count() <= OUTPUT_PAGE
+    page.close()
+
+
+@pytest.fixture
+def many_hosts(env: Env) -> Iterator[Server]:
+    """1: 250 hosts (web-03 and web-140 fail); 2-36: runs of web-00 and web-01 only;
+    37: 250 hosts, still running (no recap); 38: 20,163 events, event 777 lost."""
+    store = open_store(env.db)
+    try:
+        store.ingest(job_run(2, hosts=250, fail=frozenset({(0, 3), (1, 140)})))
+        for _ in range(35):
+            store.ingest(job_run(1, hosts=2))
+        store.ingest(job_run(2, hosts=250, finished=False))
+        store.ingest(job_run(960, hosts=10, drop=frozenset({777})))
+    finally:
+        store.close()
+    srv = Server(env, env.db)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_host_table_pages_and_a_hosts_older_runs(browser: Browser, many_hosts: Server) -> None:
+    url = many_hosts.url
+    page = logged_in(browser, Served(many_hosts, []))
+    page.goto(f"{url}/ui/runs/1")
+    rows = page.locator("table.hosts tbody tr")
+    expect(rows).to_have_count(100)
+    expect(page.locator("table.hosts tfoot")).to_contain_text("all 250 hosts")
+    # output page 2 first, then the host table's pages: each keeps the other's position
+    page.click("#output nav.pager >> nth=0 >> text=next ›")
+    expect(page.locator("#output .dim").first).to_contain_text("page 2 of 3")
+    page.click("#host-pager >> text=next ›")
+    expect(page).to_have_url(re.compile(r"/ui/runs/1\?page=2&hpage=2#hosts$"))
+    expect(page.locator("#host-pager .dim")).to_have_text("hosts 101–200 of 250 · page 2 of 3")
+    expect(page.locator("#output .dim").first).to_contain_text("page 2 of 3")
+    page.click("#host-pager >> text=last »")
+    expect(rows).to_have_count(50)
+    expect(rows.first).to_contain_text("web-50")  # byte order: web-49 < web-50 < web-51
+    shot(page, "host-table")
+    page.click("#host-filter >> text=only failed / unreachable")
+    expect(rows).to_have_count(2)
+    expect(page.locator("table.hosts tr.row-failed")).to_have_count(2)
+    expect(rows.nth(1)).to_contain_text("web-140")
+    expect(page.locator("table.hosts tfoot")).to_contain_text("all 250 hosts")
+    expect(page.locator("#output .dim").first).to_contain_text("page 2 of 3")
+
+    # web-140's page in the running run 37: its runs reach back past 35 newer runs
+    page.goto(f"{url}/ui/runs/37/hosts/web-140")
+    recent = page.locator("table.recent-runs tbody tr")
+    expect(recent).to_have_count(2)
+    expect(recent.nth(0)).to_have_attribute("data-run", "37")
+    expect(recent.nth(0)).to_contain_text("events only: no recap yet (still running)")
+    expect(recent.nth(1)).to_have_attribute("data-run", "1")
+    expect(recent.nth(1)).to_contain_text("recap")
+    shot(page, "host-recent-runs")
+    recent.nth(1).locator("a").first.click()
+    expect(page).to_have_url(f"{url}/ui/runs/1/hosts/web-140")
+    expect(page.locator(".output")).to_contain_text("fatal: [web-140]: FAILED!")
+    page.close()
+
+
+def test_incomplete_big_run_never_looks_complete_while_verifying(
+    browser: Browser, many_hosts: Server
+) -> None:
+    """The fragment is held back in the browser to look at the page while it loads."""
+    page = logged_in(browser, Served(many_hosts, []))
+    held: list[Route] = []
+    page.route("**/verify/fragment", lambda route: held.append(route))
+    page.goto(f"{many_hosts.url}/ui/runs/38")
+    expect(page.locator("#verifying")).to_be_visible()
+    expect(page.locator("#verifying")).to_contain_text("verifying… (reading all 20,162 events")
+    expect(page.locator(".run-head .badge")).to_have_text("incomplete")
+    expect(page.locator("#verify")).to_have_count(0)
+    assert page.locator("[data-complete='complete'], [data-complete='yes']").count() == 0
+    for _ in range(100):  # bounded: the request was made when the page loaded
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    shot(page, "verifying")
+    held[0].continue_()
+    expect(page.locator("#verify")).to_have_attribute("data-complete", "no")
+    expect(page.locator("#verify-section")).to_contain_text("1: 777")
+    expect(page.locator("#verifying")).to_have_count(0)
+    assert page.locator("[data-complete='complete'], [data-complete='yes']").count() == 0
     page.close()
 
 

@@ -248,6 +248,17 @@ class HostSummaryList(msgspec.Struct, frozen=True):
     results: list[HostSummaryOut]
 
 
+class HostRunOut(msgspec.Struct, frozen=True):
+    source: str  # "recap": the host is in the run's recap; "events": no recap, events only
+    summary: HostSummaryOut | None
+    run: RunOut
+
+
+class HostRunList(msgspec.Struct, frozen=True):
+    next: str | None
+    results: list[HostRunOut]
+
+
 class TokenOut(msgspec.Struct, frozen=True):
     id: int
     name: str
@@ -264,6 +275,7 @@ COMPONENTS: tuple[type, ...] = (
     RunList,
     EventList,
     HostSummaryList,
+    HostRunList,
     TokenOut,
 )
 

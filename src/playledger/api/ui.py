@@ -8,6 +8,7 @@ every request (a revoked token logs the browser out). A token never appears in a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qs, quote, urlencode
@@ -26,7 +27,15 @@ from playledger.api.output import event_stream
 from playledger.api.state import state
 from playledger.errors import RunNotFound
 from playledger.events import Event
-from playledger.store.base import EventFilter, HostSummary, RunQuery, RunRow, Store
+from playledger.store.base import (
+    RECAPLESS_CHECKED,
+    EventFilter,
+    HostSummary,
+    HostTotals,
+    RunQuery,
+    RunRow,
+    Store,
+)
 from playledger.verify import verify_run
 from playledger.web import views
 
@@ -34,7 +43,12 @@ WEB = Path(__file__).resolve().parent.parent / "web"
 COOKIE = "playledger_session"
 RUNS_PAGE = 50
 EVENTS_PAGE = 100
-VERIFY_INLINE = 20_000  # a bigger run's verify report (a full scan) is one click away
+HOSTS_PAGE = 100  # rows of the run page's host table
+HOST_RUNS = 20  # rows of a host page's "recent runs"
+# Up to this many events the run page renders its verify report (a full scan of the run) in
+# place; above it the page is sent at once and fetches the report as a fragment afterwards.
+VERIFY_INLINE = 20_000
+HOST_FILTERS = ("", "failed")  # the host table: every host, or failed / unreachable ones
 TIMELINE_TASKS = 60
 RUN_STATUSES = ("running", "successful", "failed", "aborted")
 
@@ -180,6 +194,8 @@ def run_page(
     q: str = "",
     at: Annotated[int | None, Query(ge=1)] = None,
     wrapped: str = "",
+    hpage: Annotated[int | None, Query(ge=1, description="host table page")] = None,
+    hosts: Annotated[str, Query(description="'failed': failed or unreachable hosts")] = "",
 ) -> Response:
     """`q`: a search of the whole output (`at`: the match the page opened on)."""
     _viewer(request)
@@ -187,7 +203,10 @@ def run_page(
     run = _run(store, run_ref)
     if run is None:
         return _not_found(request, f"no run {run_ref!r}")
-    summaries = store.host_summaries(run.id)
+    host_error = None
+    if hosts not in HOST_FILTERS:
+        host_error, hosts = f"unknown host filter {hosts!r}: showing every host", ""
+    table = _host_table(store, run.id, hpage or 1, hosts == "failed")
     top = store.max_counter(run.id)
     last = max(top, run.emitted or 0)
     pages = max(1, math.ceil(last / views.OUTPUT_PAGE))
@@ -200,12 +219,21 @@ def run_page(
     # A page past the last stored counter (a run still going) shows no made-up gap.
     folds = views.fold_output(events, first, upto if run.emitted is not None else top)
     report = verify_run(store, run).as_dict() if run.stored <= VERIFY_INLINE else None
+    # Links keep the other table's position: the output page and the host table page.
+    here = {
+        "page": page if page > 1 else None,
+        "hpage": table.page if table.page > 1 else None,
+        "hosts": hosts,
+        "q": q.strip(),
+    }
+    base = f"/ui/runs/{run.id}"
     return _page(
         request,
         "run.html",
         run=run,
-        summaries=summaries,
-        summary_totals=_totals(summaries),
+        host_table=table,
+        host_error=host_error,
+        host_url=lambda **change: _url(base, **{**here, **change}) + "#hosts",
         targeted=_targeted(store, run.id),
         report=report,
         folds=folds,
@@ -216,7 +244,7 @@ def run_page(
         top=top,
         timeline=_timeline(store, run),
         search=_output_search(store, run.id, q.strip(), first, upto, at, bool(wrapped)),
-        page_url=lambda n: _url(f"/ui/runs/{run.id}", page=n, q=q.strip()),
+        page_url=lambda n: _url(base, **{**here, "page": n}),
     )
 
 
@@ -244,6 +272,37 @@ def _output_search(
     )
 
 
+@dataclass(frozen=True)
+class HostTable:
+    """One page of the run page's host table; `totals` covers every host of the recap."""
+
+    totals: HostTotals | None  # None: no recap stored
+    rows: list[HostSummary]
+    failed_only: bool
+    page: int
+    pages: int
+    first: int  # position of rows[0] among the hosts shown (1-based)
+
+    @property
+    def matching(self) -> int:
+        if self.totals is None:
+            return 0
+        return self.totals.failed_hosts if self.failed_only else self.totals.hosts
+
+
+def _host_table(store: Store, run_id: int, page: int, failed_only: bool) -> HostTable:
+    """A page past the last shows the last (as the output pages do)."""
+    totals = store.host_totals(run_id)
+    if totals is None:
+        return HostTable(None, [], failed_only, 1, 1, 1)
+    matching = totals.failed_hosts if failed_only else totals.hosts
+    pages = max(1, math.ceil(matching / HOSTS_PAGE))
+    page = min(page, pages)
+    offset = (page - 1) * HOSTS_PAGE
+    rows = store.host_summary_page(run_id, HOSTS_PAGE, offset, failed_only)
+    return HostTable(totals, rows, failed_only, page, pages, offset + 1)
+
+
 def _targeted(store: Store, run_id: int) -> int | None:
     """Hosts the plays targeted (as verify counts them), from the play start events alone."""
     plays = store.event_page(run_id, EventFilter(event="playbook_on_play_start"), 0, 1000)
@@ -253,13 +312,6 @@ def _targeted(store: Store, run_id: int) -> int | None:
         if names is not None:
             hosts = (hosts or set()) | set(names)
     return None if hosts is None else len(hosts)
-
-
-def _totals(summaries: list[HostSummary] | None) -> dict[str, int]:
-    if not summaries:
-        return {}
-    fields = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
-    return {f: sum(getattr(s, f) for s in summaries) for f in fields}
 
 
 def _timeline(store: Store, run: RunRow) -> Markup:
@@ -292,6 +344,20 @@ def verify_page(request: Request, run_ref: str) -> Response:
     if run is None:
         return _not_found(request, f"no run {run_ref!r}")
     return _page(request, "verify.html", run=run, report=verify_run(store, run).as_dict())
+
+
+@router.get("/ui/runs/{run_ref}/verify/fragment")
+def verify_fragment(request: Request, run_ref: str) -> Response:
+    """The verify report alone, as HTML: the run page fetches it after loading (a big run's
+    report reads every event). Computed afresh on every request, never cached: a purge, a late
+    duplicate or a still-open run would make a kept verdict wrong."""
+    _viewer(request)
+    store = state(request).store
+    run = _run(store, run_ref)
+    if run is None:
+        return Response("no such run", 404)
+    report = verify_run(store, run).as_dict()
+    return _page(request, "verify_fragment.html", report=report)
 
 
 @router.get("/ui/runs/{run_ref}/next-failure")
@@ -425,7 +491,11 @@ def events_page(
 
 @router.get("/ui/runs/{run_ref}/hosts/{host}")
 def host_page(
-    request: Request, run_ref: str, host: str, after: Annotated[int, Query(ge=0)] = 0
+    request: Request,
+    run_ref: str,
+    host: str,
+    after: Annotated[int, Query(ge=0)] = 0,
+    before: Annotated[int | None, Query(ge=1, description="recent runs: ids below it")] = None,
 ) -> Response:
     _viewer(request)
     store = state(request).store
@@ -433,24 +503,25 @@ def host_page(
     if run is None:
         return _not_found(request, f"no run {run_ref!r}")
     rows = store.event_page(run.id, EventFilter(host=host), after, views.OUTPUT_PAGE)
-    summary = next((s for s in store.host_summaries(run.id) or [] if s.host == host), None)
-    recent = [
-        (r, store.count_events(r.id, EventFilter(host=host)))
-        for r in store.list_runs(RunQuery(), 30)
-    ]
+    recent = store.host_runs(host, HOST_RUNS, before)
     base = f"/ui/runs/{run.id}/hosts/{quote(host, safe='')}"
     more = len(rows) == views.OUTPUT_PAGE
+    older = len(recent) == HOST_RUNS and recent[-1].run.id > 1
+    kept = after or None  # the output position stays while paging the recent runs
     return _page(
         request,
         "host.html",
         run=run,
         host=host,
-        summary=summary,
+        summary=store.host_summary(run.id, host),
         folds=views.fold_output(rows, 1, 0, gaps=False),
         count=store.count_events(run.id, EventFilter(host=host)),
-        recent=[(r, n) for r, n in recent if n],
-        next_url=_url(base, after=rows[-1].counter) if more else None,
-        first_url=base if after else None,
+        recent=recent,
+        recapless_checked=RECAPLESS_CHECKED,
+        older_url=_url(base, after=kept, before=recent[-1].run.id) + "#recent" if older else None,
+        newest_url=_url(base, after=kept) + "#recent" if before else None,
+        next_url=_url(base, after=rows[-1].counter, before=before) if more else None,
+        first_url=_url(base, before=before) if after else None,
     )
 
 
@@ -484,7 +555,7 @@ def install(app: FastAPI) -> None:
 
     async def login_required(request: Request, exc: Exception) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        if request.url.path.endswith("/stream"):
+        if request.url.path.endswith(("/stream", "/verify/fragment")):  # fetched by scripts
             return Response("login required", 401)
         return RedirectResponse(_url("/ui/login", next=target), 303)
 

@@ -21,6 +21,8 @@ from playledger.api.schema import (
     ErrorItem,
     EventList,
     HostCounts,
+    HostRunList,
+    HostRunOut,
     HostSummaryList,
     HostSummaryOut,
     RunList,
@@ -30,7 +32,7 @@ from playledger.api.schema import (
     ref,
 )
 from playledger.api.state import state
-from playledger.store.base import EventFilter, HostSummary, RunQuery, RunRow
+from playledger.store.base import RECAPLESS_CHECKED, EventFilter, HostSummary, RunQuery, RunRow
 from playledger.verify import verify_run
 
 READ = Depends(require("read"))
@@ -276,21 +278,56 @@ def list_hosts(request: Request, run_ref: str, _: object = READ) -> Response:
             f"run {run.id} has no stored recap (stats event) yet: {run.stored:,} events stored, "
             f"status {run.status}",
         )
-    results = [
-        HostSummaryOut(
-            s.host,
-            s.ok,
-            s.changed,
-            s.failures,
-            s.dark,
-            s.skipped,
-            s.rescued,
-            s.ignored,
-            failed=bool(s.failures or s.dark),
-        )
-        for s in summaries
-    ]
+    results = [summary_out(s) for s in summaries]
     return json_response(HostSummaryList(len(results), results))
+
+
+def summary_out(s: HostSummary) -> HostSummaryOut:
+    return HostSummaryOut(
+        s.host,
+        s.ok,
+        s.changed,
+        s.failures,
+        s.dark,
+        s.skipped,
+        s.rescued,
+        s.ignored,
+        failed=bool(s.failures or s.dark),
+    )
+
+
+@router.get(
+    "/api/v1/hosts/{host:path}/runs",
+    summary="The runs a host took part in, newest first",
+    description=(
+        "From the recaps (`source: recap`, with the host's summary), and among the "
+        f"{RECAPLESS_CHECKED} newest runs without a recap (running, killed) those with events "
+        "of the host (`source: events`, `summary: null`). Keyset pages: follow `next`."
+    ),
+    responses={200: ref("HostRunList")},
+)
+def host_runs(
+    request: Request,
+    host: str,
+    before: Annotated[int | None, Query(ge=1, description="Keyset cursor: ids below it")] = None,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    _: object = READ,
+) -> Response:
+    rows = state(request).store.host_runs(host, page_size, before)
+    more = len(rows) == page_size and rows[-1].run.id > 1
+    return json_response(
+        HostRunList(
+            next=next_url(request, before=rows[-1].run.id) if more else None,
+            results=[
+                HostRunOut(
+                    source="recap" if h.summary else "events",
+                    summary=summary_out(h.summary) if h.summary else None,
+                    run=run_out(h.run),
+                )
+                for h in rows
+            ],
+        )
+    )
 
 
 MEDIA = {"text": "text/plain; charset=utf-8", "ansi": "text/plain; charset=utf-8"}

@@ -8,7 +8,9 @@ from playledger.errors import StoreError
 from playledger.store.base import (
     EventFilter,
     EventRow,
+    HostRun,
     HostSummary,
+    HostTotals,
     IngestResult,
     PoolStats,
     PurgeResult,
@@ -73,7 +75,9 @@ def upgrade_store(url: str) -> UpgradeResult:
 __all__ = [
     "EventFilter",
     "EventRow",
+    "HostRun",
     "HostSummary",
+    "HostTotals",
     "IngestResult",
     "PoolStats",
     "PurgeResult",

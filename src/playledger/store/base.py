@@ -10,6 +10,9 @@ from typing import Protocol
 from playledger.events import Event, RunEnd, RunStart
 
 SUMMARY_FIELDS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
+# host_runs(): how many of the newest runs without a recap (running, killed) are checked for a
+# host's events, one seek each in the (run_id, host, counter) index; older ones are not found.
+RECAPLESS_CHECKED = 100
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,30 @@ class HostSummary:
     skipped: int
     rescued: int
     ignored: int
+
+
+@dataclass(frozen=True)
+class HostTotals:
+    """Sums over every host summary of a run (computed in SQL, not from loaded rows)."""
+
+    hosts: int
+    failed_hosts: int  # hosts with failures or unreachable
+    ok: int
+    changed: int
+    failures: int
+    dark: int
+    skipped: int
+    rescued: int
+    ignored: int
+
+
+@dataclass(frozen=True)
+class HostRun:
+    """A run a host took part in; `summary` is its recap line, None when the run has no recap
+    (running, killed) and the host is known from its events only."""
+
+    run: RunRow
+    summary: HostSummary | None
 
 
 @dataclass(frozen=True)
@@ -174,6 +201,27 @@ class Store(Protocol):
 
     def host_summaries(self, run_id: int) -> list[HostSummary] | None:
         """From the run's stats event; None when no stats event is stored."""
+        ...
+
+    def host_totals(self, run_id: int) -> HostTotals | None:
+        """Sums over all the run's host summaries; None when no stats event is stored."""
+        ...
+
+    def host_summary_page(
+        self, run_id: int, limit: int, offset: int = 0, failed_only: bool = False
+    ) -> list[HostSummary]:
+        """Host summaries in host order (byte order), `offset` rows skipped; `failed_only`:
+        hosts with failures or unreachable."""
+        ...
+
+    def host_summary(self, run_id: int, host: str) -> HostSummary | None:
+        """One host's line of the run's recap."""
+        ...
+
+    def host_runs(self, host: str, limit: int, before_id: int | None = None) -> list[HostRun]:
+        """The newest runs (highest id first, ids below `before_id`) in which `host` appears:
+        in the recap (index on host_summaries (host, run_id)), or, for the RECAPLESS_CHECKED
+        newest runs without a recap, by its events."""
         ...
 
     # --- read API ---------------------------------------------------------------------------

@@ -13,11 +13,24 @@ import psycopg
 
 from playledger.errors import StoreError, TokenNotFound
 from playledger.events import Event
-from playledger.store.base import EventFilter, RunLag, RunQuery, RunRow, TokenRow
+from playledger.store.base import (
+    RECAPLESS_CHECKED,
+    SUMMARY_FIELDS,
+    EventFilter,
+    HostRun,
+    HostSummary,
+    HostTotals,
+    RunLag,
+    RunQuery,
+    RunRow,
+    TokenRow,
+)
 from playledger.store.lines import LineMarks
 from playledger.store.pg_reads import EVENT_COLUMNS, RUN_COLUMNS, PostgresReads, _event
+from playledger.store.pg_schema import INDEXED_MAX, SUMMARY_HOST_CHARS, SUMMARY_HOST_KEY
 
 _TOKEN_COLUMNS = "id, name, scope, prefix, created, revoked"
+_SUMMARY_COLUMNS = "host, " + ", ".join(SUMMARY_FIELDS)
 
 
 class PostgresReadAPI(PostgresReads):
@@ -150,6 +163,73 @@ class PostgresReadAPI(PostgresReads):
             RunLag(rid, uuid, emitted, stored, int(top)) for rid, uuid, emitted, stored, top in rows
         ]
 
+    # host summaries, one page at a time, and a host's runs
+
+    def host_totals(self, run_id: int) -> HostTotals | None:
+        sums = ", ".join(f"COALESCE(SUM(h.{f}), 0)" for f in SUMMARY_FIELDS)
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT r.stats_counter, COUNT(h.host), "
+                f"COUNT(*) FILTER (WHERE h.failures > 0 OR h.dark > 0), {sums} "
+                "FROM runs r LEFT JOIN host_summaries h ON h.run_id = r.id "
+                "WHERE r.id = %s GROUP BY r.id",
+                (run_id,),
+            ).fetchone()
+        if row is None or not row[0]:
+            return None
+        return HostTotals(*(int(v) for v in row[1:]))
+
+    def host_summary_page(
+        self, run_id: int, limit: int, offset: int = 0, failed_only: bool = False
+    ) -> list[HostSummary]:
+        bad = " AND (failures > 0 OR dark > 0)" if failed_only else ""
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM host_summaries WHERE run_id = %s{bad} "
+                'ORDER BY host COLLATE "C" LIMIT %s OFFSET %s',
+                (run_id, limit, offset),
+            ).fetchall()
+        return [HostSummary(*r) for r in rows]
+
+    def host_summary(self, run_id: int, host: str) -> HostSummary | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM host_summaries WHERE run_id = %s AND host = %s",
+                (run_id, _summary_host(host)),
+            ).fetchone()
+        return HostSummary(*row) if row else None
+
+    def host_runs(self, host: str, limit: int, before_id: int | None = None) -> list[HostRun]:
+        below = before_id if before_id is not None else 1 << 62
+        with self._conn() as conn:
+            # Runs without a recap first (partial index runs_no_recap, then one seek each in
+            # the run's partition of events_host): a recap stored in between is then found by
+            # the second query. Event rows hold host cut to INDEXED_MAX characters.
+            found: dict[int, HostSummary | None] = {
+                rid: None
+                for (rid,) in conn.execute(
+                    "SELECT r.id FROM (SELECT id, run_day FROM runs WHERE stats_counter = 0 "
+                    "AND id < %s ORDER BY id DESC LIMIT %s) r WHERE EXISTS (SELECT 1 FROM "
+                    "events e WHERE e.run_id = r.id AND e.run_day = r.run_day AND e.host = %s)",
+                    (below, RECAPLESS_CHECKED, host[:INDEXED_MAX]),
+                )
+            }
+            named = _summary_host(host)
+            for rid, *summary in conn.execute(
+                f"SELECT run_id, {_SUMMARY_COLUMNS} FROM host_summaries "
+                f"WHERE {SUMMARY_HOST_KEY} = %s AND host = %s AND run_id < %s "
+                "ORDER BY run_id DESC LIMIT %s",
+                (named[:SUMMARY_HOST_CHARS], named, below, limit),
+            ):
+                found[rid] = HostSummary(*summary)
+            ids = sorted(found, reverse=True)[:limit]
+            if not ids:
+                return []
+            rows = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY(%s) ORDER BY id DESC", (ids,)
+            ).fetchall()
+            return [HostRun(run, found[run.id]) for run in (self._run_row(conn, r) for r in rows)]
+
     # tokens
 
     def add_token(self, name: str, scope: str, digest: str, prefix: str, created: str) -> TokenRow:
@@ -188,3 +268,8 @@ class PostgresReadAPI(PostgresReads):
         if row is None:
             raise TokenNotFound(f"no active token {ref!r}")
         return TokenRow(*row)
+
+
+def _summary_host(host: str) -> str:
+    """Host names in host_summaries are stored with NUL as U+FFFD (text cannot hold NUL)."""
+    return host.replace("\x00", "\ufffd")

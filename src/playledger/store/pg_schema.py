@@ -29,6 +29,10 @@ from playledger.errors import StoreError
 # there is no DEFAULT partition.
 PARTITION_PREFIX = "events_p"
 INDEXED_MAX = 500  # characters kept of host, event and task (4 bytes each at most: < 2.7 kB)
+# host_summaries_host (migration 3) indexes left(host, 500): a recap's host names are kept
+# whole, and a btree entry must stay under ~2.7 kB. Queries repeat the same expression.
+SUMMARY_HOST_CHARS = 500
+SUMMARY_HOST_KEY = f"left(host, {SUMMARY_HOST_CHARS})"
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,14 @@ CREATE TABLE tokens (
 );
 CREATE UNIQUE INDEX tokens_active_name ON tokens (name) WHERE revoked IS NULL;
 CREATE INDEX runs_status ON runs (status, id);
+""",
+    ),
+    Migration(
+        3,
+        "a host's runs: host summaries by host, runs without a recap",
+        """
+CREATE INDEX host_summaries_host ON host_summaries (left(host, 500), run_id);
+CREATE INDEX runs_no_recap ON runs (id) WHERE stats_counter = 0;
 """,
     ),
 )

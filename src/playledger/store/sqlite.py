@@ -29,7 +29,7 @@ from playledger.store.sqlite_api import EVENT_COLUMNS, RUN_COLUMNS, SQLiteReadAP
 
 PURGE_CHUNK = 10_000  # events deleted per write transaction by purge()
 
-SCHEMA_VERSION = 2  # 2: tokens, runs_status index
+SCHEMA_VERSION = 3  # 2: tokens, runs_status index; 3: a host's runs (host_runs)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -99,6 +99,8 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tokens_active_name ON tokens (name) WHERE revoked IS NULL;
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, id);
+CREATE INDEX IF NOT EXISTS host_summaries_host ON host_summaries (host, run_id);
+CREATE INDEX IF NOT EXISTS runs_no_recap ON runs (id) WHERE stats_counter = 0;
 """
 
 

@@ -15,7 +15,19 @@ import msgspec
 
 from playledger.errors import StoreBusy, StoreError, TokenNotFound
 from playledger.events import Event
-from playledger.store.base import EventFilter, PoolStats, RunLag, RunQuery, RunRow, TokenRow
+from playledger.store.base import (
+    RECAPLESS_CHECKED,
+    SUMMARY_FIELDS,
+    EventFilter,
+    HostRun,
+    HostSummary,
+    HostTotals,
+    PoolStats,
+    RunLag,
+    RunQuery,
+    RunRow,
+    TokenRow,
+)
 from playledger.store.lines import LineMarks
 
 EVENT_COLUMNS = (
@@ -26,6 +38,7 @@ RUN_COLUMNS = (
     "id, uuid, playbook, status, started, finished, emitted, stored, hosts, exit_code, "
     "controller, user, cwd, argv, ansible_version, append_errors"
 )
+SUMMARY_COLUMNS = "host, " + ", ".join(SUMMARY_FIELDS)
 
 
 def _event(run_uuid: str, r: tuple[Any, ...]) -> Event:
@@ -185,6 +198,80 @@ class SQLiteReadAPI:
 
     def pool_stats(self) -> PoolStats:
         return PoolStats(in_use=1, size=1)  # the one writer connection, always open
+
+    # host summaries, one page at a time, and a host's runs
+
+    def host_totals(self, run_id: int) -> HostTotals | None:
+        sums = ", ".join(f"COALESCE(SUM(h.{f}), 0)" for f in SUMMARY_FIELDS)
+        row = (
+            self._reader()
+            .execute(
+                "SELECT r.stats_counter, COUNT(h.host), "
+                f"COALESCE(SUM(h.failures > 0 OR h.dark > 0), 0), {sums} "
+                "FROM runs r LEFT JOIN host_summaries h ON h.run_id = r.id "
+                "WHERE r.id = ? GROUP BY r.id",
+                (run_id,),
+            )
+            .fetchone()
+        )
+        if row is None or not row[0]:
+            return None
+        return HostTotals(*(int(v) for v in row[1:]))
+
+    def host_summary_page(
+        self, run_id: int, limit: int, offset: int = 0, failed_only: bool = False
+    ) -> list[HostSummary]:
+        bad = " AND (failures > 0 OR dark > 0)" if failed_only else ""
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT {SUMMARY_COLUMNS} FROM host_summaries WHERE run_id = ?{bad} "
+                "ORDER BY host LIMIT ? OFFSET ?",
+                (run_id, limit, offset),
+            )
+            .fetchall()
+        )
+        return [HostSummary(*r) for r in rows]
+
+    def host_summary(self, run_id: int, host: str) -> HostSummary | None:
+        row = (
+            self._reader()
+            .execute(
+                f"SELECT {SUMMARY_COLUMNS} FROM host_summaries WHERE run_id = ? AND host = ?",
+                (run_id, host),
+            )
+            .fetchone()
+        )
+        return HostSummary(*row) if row else None
+
+    def host_runs(self, host: str, limit: int, before_id: int | None = None) -> list[HostRun]:
+        db = self._reader()
+        below = before_id if before_id is not None else 1 << 62
+        # Runs without a recap first (partial index runs_no_recap, then one seek each in
+        # events_host): a recap stored in between is then found by the second query.
+        found: dict[int, HostSummary | None] = {
+            rid: None
+            for (rid,) in db.execute(
+                "SELECT r.id FROM (SELECT id FROM runs WHERE stats_counter = 0 AND id < ? "
+                "ORDER BY id DESC LIMIT ?) r "
+                "WHERE EXISTS (SELECT 1 FROM events e WHERE e.run_id = r.id AND e.host = ?)",
+                (below, RECAPLESS_CHECKED, host),
+            )
+        }
+        for rid, *summary in db.execute(
+            f"SELECT run_id, {SUMMARY_COLUMNS} FROM host_summaries "
+            "WHERE host = ? AND run_id < ? ORDER BY run_id DESC LIMIT ?",
+            (host, below, limit),
+        ):
+            found[rid] = HostSummary(*summary)
+        ids = sorted(found, reverse=True)[:limit]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = db.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({marks}) ORDER BY id DESC", ids
+        ).fetchall()
+        return [HostRun(run, found[run.id]) for run in (self._run_row(r, db) for r in rows)]
 
     # tokens
 

@@ -236,4 +236,26 @@
     const n = (x) => x.toLocaleString("en-US");
     return lo === hi ? "event " + n(lo) + " is not stored" : "events " + n(lo) + "–" + n(hi) + " are not stored";
   }
+
+  // A big run's verify report (it reads every event) is fetched once the page is shown;
+  // until it arrives the section says "verifying…" and shows no verdict at all.
+  const slot = document.getElementById("verify-slot");
+  if (slot && window.fetch) {
+    const waiting = document.getElementById("verifying");
+    waiting.hidden = false;
+    fetch(slot.dataset.src, { credentials: "same-origin" })
+      .then(function (r) {
+        if (!r.ok || r.redirected) throw new Error("HTTP " + r.status);
+        return r.text();
+      })
+      .then(function (html) { slot.innerHTML = html; })
+      .catch(function (err) {
+        waiting.className = "warn";
+        waiting.textContent = "The verify report could not be loaded (" + err.message + "): ";
+        const link = document.createElement("a");
+        link.href = slot.dataset.src.replace(/\/fragment$/, "");
+        link.textContent = "open it on its own page";
+        waiting.appendChild(link);
+      });
+  }
 })();
