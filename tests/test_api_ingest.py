@@ -203,11 +203,14 @@ class GatedStore:
         self.fail: Exception | None = None
 
     def ingest(self, records: Any) -> Any:
+        return self.ingest_many([records])[0]
+
+    def ingest_many(self, batches: Any) -> Any:
         self.entered.set()
         assert self.release.wait(30), "test never released the gated store"
         if self.fail is not None:
             raise self.fail
-        return self._store.ingest(records)
+        return self._store.ingest_many(batches)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

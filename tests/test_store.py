@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from factories import make_run
 from pgtest import fresh_schema
-from playledger.errors import RunNotFound, StoreBusy, StoreError, TokenNotFound
+from playledger.errors import RunConflict, RunNotFound, StoreBusy, StoreError, TokenNotFound
 from playledger.events import GENESIS_HASH, Event, RunEnd, RunStart, encode_data, seal
 from playledger.store import EventFilter, RunQuery, Store, is_postgres, open_store, upgrade_store
 from playledger.store.base import RECAPLESS_CHECKED
@@ -68,6 +68,26 @@ def test_ingest_is_idempotent(store: Store) -> None:
     run = store.run("latest")
     assert run.stored == 50 and run.emitted == 50
     assert store.count_events(run.id) == 50
+
+
+def test_ingest_many_commits_batches_together_with_a_result_each(store: Store) -> None:
+    a, b = make_run(30), make_run(10)
+    results = store.ingest_many([a[:11], a[5:], b])  # 1..10; 5..30 + end; another run
+    assert [(r.inserted, r.duplicates) for r in results] == [(10, 0), (20, 6), (10, 0)]
+    assert store.run(a[0].run).stored == 30 and store.run(b[0].run).stored == 10
+    assert store.ingest_many([]) == []
+
+
+def test_ingest_many_is_all_or_nothing(store: Store) -> None:
+    done = make_run(5)
+    store.ingest(done)
+    fresh = make_run(8)
+    clash = make_run(5, run=done[0].run)  # the same run id and counters, other events
+    with pytest.raises(RunConflict):
+        store.ingest_many([fresh, clash])
+    with pytest.raises(RunNotFound):
+        store.run(fresh[0].run)  # nothing of the group was stored
+    assert store.run(done[0].run).stored == 5
 
 
 def test_partial_overlap_counts_only_new_events(store: Store) -> None:

@@ -18,11 +18,12 @@ from starlette.responses import Response
 from playledger import __version__
 from playledger.api import awx, ingest, ui, v1
 from playledger.api.auth import require
-from playledger.api.ingest import RETRY_AFTER, Gate, Writer
+from playledger.api.ingest import RETRY_AFTER, Gate
 from playledger.api.metrics import TEXT, Metrics
 from playledger.api.schema import ApiError, ErrorItem, error_response, json_response, ref
 from playledger.api.settings import ApiSettings, check_bind
 from playledger.api.state import AppState, state
+from playledger.api.writer import Writer
 from playledger.errors import (
     PlayledgerError,
     RunConflict,
@@ -33,7 +34,7 @@ from playledger.errors import (
     UsageError,
 )
 from playledger.settings import Settings
-from playledger.store.base import Store
+from playledger.store.base import IngestResult, Store
 
 log = logging.getLogger("playledger.api")
 
@@ -133,7 +134,12 @@ def create_app(store: Store, settings: ApiSettings) -> FastAPI:
     """The app over `store` (opened and closed by the caller)."""
     gate = Gate(settings.ingest_queue)
     metrics = Metrics(store, lambda: gate.depth, settings.ingest_queue)
-    writer = Writer(store, max(1, store.pool_stats().size), metrics.commit_seconds.observe)
+
+    def counted(result: IngestResult) -> None:
+        metrics.ingested.inc(result.inserted)
+        metrics.duplicates.inc(result.duplicates)
+
+    writer = Writer(store, max(1, store.pool_stats().size), metrics.commit_seconds.observe, counted)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import queue
-import threading
-import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 import zstandard
@@ -37,7 +34,7 @@ from playledger.api.schema import (
     ref,
 )
 from playledger.api.state import AppState, state
-from playledger.store.base import IngestResult, Store
+from playledger.api.writer import NotRunning
 
 log = logging.getLogger("playledger.api")
 T = TypeVar("T")
@@ -65,63 +62,6 @@ class Gate:
 
     def leave(self) -> None:
         self.depth -= 1
-
-
-class Writer:
-    """Threads that run every store write; `threads` is the store's writer pool size."""
-
-    def __init__(
-        self, store: Store, threads: int, on_commit: Callable[[float], None] | None = None
-    ) -> None:
-        self.store = store
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"playledger-writer-{i}", daemon=True)
-            for i in range(threads)
-        ]
-        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any], bool] | None] = (
-            queue.Queue()  # bounded by the Gate: only admitted batches are ever submitted
-        )
-        self._on_commit = on_commit
-        self._started = False
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-        self._started = True
-
-    def stop(self) -> None:
-        """Finish what was submitted, then end the threads."""
-        if not self._started:
-            return
-        for _ in self._threads:
-            self._jobs.put(None)
-        for t in self._threads:
-            t.join(timeout=60)
-        self._started = False
-
-    def submit(self, fn: Callable[[], T], timed: bool = False) -> Future[T]:
-        if not self._started:
-            raise ApiError(503, "not_ready", "the server is starting or stopping", headers={
-                "Retry-After": RETRY_AFTER
-            })  # fmt: skip
-        future: Future[T] = Future()
-        self._jobs.put((fn, future, timed))
-        return future
-
-    def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, future, timed = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            started = time.perf_counter()
-            try:
-                result = fn()
-            except BaseException as exc:  # handed to the waiting request, which answers 5xx
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-                if timed and self._on_commit is not None:
-                    self._on_commit(time.perf_counter() - started)
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
@@ -275,13 +215,7 @@ async def ingest(request: Request, _: object = Depends(require("ingest"))) -> Re
         raise
     del body
 
-    def commit() -> IngestResult:
-        result = st.store.ingest(records)
-        st.metrics.ingested.inc(result.inserted)  # counted here: the client may be gone
-        st.metrics.duplicates.inc(result.duplicates)
-        return result
-
-    result = await _write(st, commit, release, timed=True)
+    result = await _write(st, lambda: st.writer.submit_ingest(records), release)
     return json_response(IngestResponse(len(records), result.inserted, result.duplicates))
 
 
@@ -309,15 +243,16 @@ def _also_big(gate: Gate, release: Callable[[], None]) -> Callable[[], None]:
     return both
 
 
-async def _write(
-    st: AppState, fn: Callable[[], T], release: Callable[[], None], timed: bool = False
-) -> T:
-    """Run `fn` on a writer thread and wait for it. The in-flight slot is freed when the
-    write is over, not when the request is: a client that hangs up must not leave work queued
-    behind the bound. (A write not yet started is cancelled with its request.)"""
+async def _write(st: AppState, submit: Callable[[], Future[T]], release: Callable[[], None]) -> T:
+    """Submit a write to the writer threads and wait for it. The in-flight slot is freed when
+    the write is over, not when the request is: a client that hangs up must not leave work
+    queued behind the bound. (A write not yet started is cancelled with its request.)"""
     loop = asyncio.get_running_loop()
     try:
-        future = st.writer.submit(fn, timed)
+        future = submit()
+    except NotRunning as exc:
+        release()
+        raise ApiError(503, "not_ready", str(exc), headers={"Retry-After": RETRY_AFTER}) from exc
     except BaseException:
         release()
         raise
@@ -333,7 +268,7 @@ async def mark_aborted(
     request: Request, run_uuid: str, _: object = Depends(require("ingest"))
 ) -> Response:
     st = state(request)
-    await _write(st, lambda: st.store.mark_aborted(run_uuid), _admit(st))
+    await _write(st, lambda: st.writer.submit(lambda: st.store.mark_aborted(run_uuid)), _admit(st))
     return json_response({"run": run_uuid, "ok": True})
 
 
@@ -351,5 +286,7 @@ async def set_exit_code(
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ApiError(400, "invalid_body", f'expected {{"exit_code": <int>}}: {exc}') from exc
     await run_in_threadpool(st.store.run, run_uuid)  # RunNotFound -> 404
-    await _write(st, lambda: st.store.set_exit_code(run_uuid, code), _admit(st))
+    await _write(
+        st, lambda: st.writer.submit(lambda: st.store.set_exit_code(run_uuid, code)), _admit(st)
+    )
     return json_response({"run": run_uuid, "exit_code": code})

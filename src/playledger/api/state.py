@@ -11,8 +11,9 @@ from playledger.api.settings import ApiSettings
 from playledger.store.base import Store
 
 if TYPE_CHECKING:
-    from playledger.api.ingest import Gate, Writer
+    from playledger.api.ingest import Gate
     from playledger.api.metrics import Metrics
+    from playledger.api.writer import Writer
 
 
 @dataclass

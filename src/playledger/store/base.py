@@ -169,6 +169,13 @@ class Store(Protocol):
         """Commit a batch atomically; a record already stored is counted, not stored twice."""
         ...
 
+    def ingest_many(
+        self, batches: Sequence[Sequence[RunStart | Event | RunEnd]]
+    ) -> list[IngestResult]:
+        """Commit several batches in one transaction (one durable commit; the server groups
+        the batches waiting for its writer): all or nothing, one result per batch."""
+        ...
+
     def mark_aborted(self, run_uuid: str) -> None:
         """The run's writer died without a final record and its spool is fully drained."""
         ...

@@ -212,24 +212,33 @@ class PostgresStore(PostgresReadAPI):
     # --- writes -----------------------------------------------------------------------------
 
     def ingest(self, records: Sequence[RunStart | Event | RunEnd]) -> IngestResult:
-        batch = _Batch.of(records)
-        if not batch.first_seen:
-            return IngestResult(0, 0)
+        return self.ingest_many([records])[0]
+
+    def ingest_many(
+        self, batches: Sequence[Sequence[RunStart | Event | RunEnd]]
+    ) -> list[IngestResult]:
+        grouped = [_Batch.of(records) for records in batches]
+        first_seen: dict[str, str] = {}
+        for batch in grouped:
+            for run, created in batch.first_seen.items():
+                first_seen.setdefault(run, created)
+        if not first_seen:
+            return [IngestResult(0, 0) for _ in grouped]
         try:
             with self._conn() as conn:
-                days = {_parse_time(c).date() for c in batch.first_seen.values()}
+                days = {_parse_time(c).date() for c in first_seen.values()}
                 for day in sorted(days - self._partitions):
                     pg_schema.create_partition(conn, day)
                     self._partitions.add(day)
                 try:
                     with conn.transaction():
-                        inserted = self._ingest(conn, batch, careful=False)
+                        inserted = self._ingest_all(conn, first_seen, grouped, careful=False)
                 except (
                     psycopg.errors.CharacterNotInRepertoire,
                     psycopg.errors.ProgramLimitExceeded,
                 ):
                     with conn.transaction():  # a NUL or an oversized index entry: see _careful_row
-                        inserted = self._ingest(conn, batch, careful=True)
+                        inserted = self._ingest_all(conn, first_seen, grouped, careful=True)
         except StoreError as exc:
             if isinstance(exc.__cause__, psycopg.errors.CheckViolation):
                 # "no partition of relation events found for row": dropped by a purge since
@@ -238,7 +247,17 @@ class PostgresStore(PostgresReadAPI):
                 self._ready = False
                 raise StoreBusy(str(exc)) from exc
             raise
-        return IngestResult(inserted, batch.count - inserted)
+        return [
+            IngestResult(n, batch.count - n) for n, batch in zip(inserted, grouped, strict=True)
+        ]
+
+    def _ingest_all(
+        self, conn: Conn, first_seen: dict[str, str], batches: list[_Batch], careful: bool
+    ) -> list[int]:
+        # Every run row of every batch is locked first, in id order: two transactions that
+        # group batches differently still lock in the same order (no deadlock).
+        self._lock_runs(conn, first_seen)
+        return [self._ingest(conn, batch, careful) for batch in batches]
 
     def _ingest(self, conn: Conn, batch: _Batch, careful: bool) -> int:
         runs = self._lock_runs(conn, batch.first_seen)

@@ -191,13 +191,18 @@ class SQLiteStore(SQLiteReadAPI):
         return run_id
 
     def ingest(self, records: Sequence[RunStart | Event | RunEnd]) -> IngestResult:
+        return self.ingest_many([records])[0]
+
+    def ingest_many(
+        self, batches: Sequence[Sequence[RunStart | Event | RunEnd]]
+    ) -> list[IngestResult]:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise StoreBusy(f"{self.path}: {exc}") from exc
             try:
-                result = self._ingest(records)
+                result = [self._ingest(records) for records in batches]
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 self._db.execute("ROLLBACK")
