@@ -42,12 +42,14 @@ from bench_pg_store import make_run
 from msgspec.structs import astuple
 
 from playledger.events import Event, encode_record
+from playledger.settings import Settings
 from playledger.spool import SUFFIX, SpoolWriter
 from playledger.store import open_store, upgrade_store
 from playledger.store.postgres import _COPY_TYPES
 from playledger.tokens import create_token
 
 PYTHON = sys.executable
+DEFAULT_BATCH = Settings.load(environ={}).batch_size
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -245,7 +247,12 @@ def main() -> None:
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--producers", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=2000, help="records per batch / txn")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=DEFAULT_BATCH,
+        help=f"records per batch / txn (default {DEFAULT_BATCH:,}, as PLAYLEDGER_BATCH_SIZE)",
+    )
     parser.add_argument("--limit", type=float, default=3600, help="seconds per round at most")
     parser.add_argument("--quick", action="store_true", help="200,000 events")
     parser.add_argument("--only", choices=["postgres", "sqlite"], help="one store only")
