@@ -44,7 +44,7 @@ def errors(fn: F) -> F:
 
 
 @contextmanager
-def _store(settings: Settings) -> Iterator[Store]:
+def store_session(settings: Settings) -> Iterator[Store]:
     store = open_store(settings.db, settings.busy_timeout, settings.db_pool_size)
     try:
         yield store
@@ -52,7 +52,7 @@ def _store(settings: Settings) -> Iterator[Store]:
         store.close()
 
 
-def _settings(ctx: click.Context) -> Settings:
+def settings_of(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings
 
@@ -115,7 +115,7 @@ def run(ctx: click.Context, ansible_args: tuple[str, ...]) -> None:
         click.echo(ctx.get_help())
         click.echo("\nExample: playledger run site.yml -i hosts.ini -f 50")
         return
-    outcome = run_playbook(ansible_args, _settings(ctx))
+    outcome = run_playbook(ansible_args, settings_of(ctx))
     if outcome.report is None:
         click.echo("playledger: no events were recorded (ansible-playbook stopped early)", err=True)
         sys.exit(outcome.exit_code or 3)
@@ -141,7 +141,7 @@ def runs(ctx: click.Context, limit: int, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    with _store(_settings(ctx)) as store:
+    with store_session(settings_of(ctx)) as store:
         rows = store.runs(limit)
         if as_json:
             for r in rows:
@@ -174,7 +174,7 @@ def runs(ctx: click.Context, limit: int, as_json: bool) -> None:
 def show(ctx: click.Context, run_ref: str, color: bool | None) -> None:
     """The job output, as the default callback printed it."""
     use_color = sys.stdout.isatty() if color is None else color
-    with _store(_settings(ctx)) as store:
+    with store_session(settings_of(ctx)) as store:
         run_row = store.run(run_ref)
         for block in render.job_output(store.events(run_row.id), color=use_color):
             click.echo(block, color=use_color)
@@ -190,7 +190,7 @@ def hosts(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    with _store(_settings(ctx)) as store:
+    with store_session(settings_of(ctx)) as store:
         run_row = store.run(run_ref)
         summaries = store.host_summaries(run_row.id)
         if summaries is None:
@@ -258,7 +258,7 @@ def events(
 ) -> None:
     """A run's events, filtered."""
     filters = _filters(host, event_name, task, failed, changed, grep)
-    with _store(_settings(ctx)) as store:
+    with store_session(settings_of(ctx)) as store:
         run_row = store.run(run_ref)
         stream = store.events(run_row.id, filters, limit)
         if as_json:
@@ -293,7 +293,7 @@ def export(ctx: click.Context, run_ref: str, fmt: str, output: Path | None) -> N
     """Every event of a run with every field: JSON lines or CSV."""
     out = output.open("w", newline="") if output else sys.stdout
     try:
-        with _store(_settings(ctx)) as store:
+        with store_session(settings_of(ctx)) as store:
             run_row = store.run(run_ref)
             if fmt == "jsonl":
                 for e in store.events(run_row.id):
@@ -369,8 +369,8 @@ def _verify_text(report: VerifyReport, hosts: int) -> str:
 @errors
 def verify(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     """Completeness and hash chain; exit 0 only when the run is complete."""
-    settings = _settings(ctx)
-    with _store(settings) as store:
+    settings = settings_of(ctx)
+    with store_session(settings) as store:
         run_row = store.run(run_ref)
         report = verify_run(store, run_row, settings.spool_dir)
         if as_json:
@@ -406,7 +406,7 @@ def ship(
     from playledger.sinks import open_sink
     from playledger.spool import SpoolFile
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     limit = settings.ship_timeout if timeout is None else timeout
     with closing(open_sink(settings)) as store:
         if follow_run:
@@ -467,7 +467,7 @@ def spool_status(ctx: click.Context) -> None:
     """Backlog per run: records and bytes not yet acknowledged by the store."""
     from playledger.spool import SpoolFile, list_runs, writer_alive
 
-    settings = _settings(ctx.find_root())
+    settings = settings_of(ctx.find_root())
     rows = []
     for run in list_runs(settings.spool_dir):
         sf = SpoolFile(settings.spool_dir, run)
@@ -484,263 +484,14 @@ def spool_status(ctx: click.Context) -> None:
         )
 
 
-@cli.group()
-def db() -> None:
-    """The store's schema (PostgreSQL: run `db upgrade` once per new playledger version)."""
-
-
-@db.command("upgrade")
-@click.pass_context
-@errors
-def db_upgrade(ctx: click.Context) -> None:
-    """Apply the store's missing schema migrations (a SQLite store also does it on open)."""
-    from playledger.store import upgrade_store
-
-    result = upgrade_store(_settings(ctx.find_root()).db)
-    if result.applied:
-        steps = ", ".join(str(v) for v in result.applied)
-        click.echo(f"schema upgraded from version {result.before} to {result.after} ({steps})")
-    else:
-        click.echo(f"schema up to date (version {result.after})")
-
-
-@cli.command()
-@click.option(
-    "--older-than",
-    "older_than",
-    required=True,
-    metavar="AGE",
-    help="e.g. 90d, 12h, 2w: remove runs recorded before now - AGE, in whole days (UTC).",
-)
-@click.pass_context
-@errors
-def purge(ctx: click.Context, older_than: str) -> None:
-    """Retention: remove old runs with all their events and host summaries."""
-    from datetime import UTC, datetime
-
-    from playledger.retention import parse_age, purge_cutoff
-
-    cutoff = purge_cutoff(parse_age(older_than), datetime.now(UTC))
-    with _store(_settings(ctx)) as store:
-        result = store.purge(cutoff)
-    runs = f"{result.runs:,} run{'' if result.runs == 1 else 's'}"
-    line = f"purged {runs} ({result.events:,} events) recorded before {cutoff:%Y-%m-%d} UTC"
-    if result.partitions:
-        line += f"; dropped partitions {', '.join(result.partitions)}"
-    click.echo(line)
-
-
-@cli.command()
-@click.option("--host", default=None, help="Address to bind (PLAYLEDGER_SERVE_HOST, 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (PLAYLEDGER_SERVE_PORT, 8787).")
-@click.pass_context
-@errors
-def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """HTTP server: ingest from remote shippers, REST API v1, AWX-compatible routes, metrics."""
-    from playledger.api.app import serve as run_server
-
-    settings = _settings(ctx)
-    run_server(settings, host or settings.serve_host, port or settings.serve_port)
-
-
-@cli.group()
-def token() -> None:
-    """API tokens for `playledger serve` (only a digest is stored)."""
-
-
-@token.command("create")
-@click.option(
-    "--scope", type=click.Choice(["ingest", "read", "admin"]), required=True, help="admin: all."
-)
-@click.option("--name", required=True, help="A name to recognise it by, e.g. the controller.")
-@click.pass_context
-@errors
-def token_create(ctx: click.Context, scope: str, name: str) -> None:
-    """Create a token and print it once: it cannot be shown again."""
-    from playledger.tokens import create_token
-
-    with _store(_settings(ctx.find_root())) as store:
-        secret, row = create_token(store, name, scope)
-    click.echo(secret)
-    click.echo(f"token {row.id} {row.name!r} (scope {row.scope}) created; store it now", err=True)
-
-
-@token.command("list")
-@click.option("--all", "show_all", is_flag=True, help="Include revoked tokens.")
-@click.pass_context
-@errors
-def token_list(ctx: click.Context, show_all: bool) -> None:
-    """Tokens: id, name, scope, prefix, created, revoked."""
-    with _store(_settings(ctx.find_root())) as store:
-        rows = [t for t in store.tokens() if show_all or t.revoked is None]
-    click.echo(f"{'id':>4}  {'name':<24} {'scope':<7} {'prefix':<11} {'created':<27} revoked")
-    for t in rows:
-        click.echo(
-            f"{t.id:>4}  {t.name:<24} {t.scope:<7} {t.prefix:<11} {t.created:<27} "
-            f"{t.revoked or '-'}"
-        )
-
-
-@token.command("revoke")
-@click.argument("ref", metavar="ID_OR_NAME")
-@click.pass_context
-@errors
-def token_revoke(ctx: click.Context, ref: str) -> None:
-    """Revoke a token by id or name; the server refuses it from the next request on."""
-    from playledger.tokens import utc_now
-
-    with _store(_settings(ctx.find_root())) as store:
-        row = store.revoke_token(ref, utc_now())
-    click.echo(f"token {row.id} {row.name!r} revoked")
-
-
-# --- NATS JetStream: workers and the stream (docs/nats.md) ------------------------------------
-
-
-@cli.command()
-@click.option("--nats", "nats_url", metavar="URL", default=None, help="PLAYLEDGER_NATS_URL.")
-@click.option(
-    "--db", "db_url", metavar="URL", default=None, help="Store, e.g. postgresql://... (--db)."
-)
-@click.option(
-    "--metrics-port", type=int, default=None, help="PLAYLEDGER_WORKER_METRICS_PORT (0: off)."
-)
-@click.pass_context
-@errors
-def worker(
-    ctx: click.Context, nats_url: str | None, db_url: str | None, metrics_port: int | None
-) -> None:
-    """Commit the JetStream stream's batches into the store; run as many as needed (they
-    share one durable consumer). SIGTERM: commit and ack what is in hand, then exit 0."""
-    from playledger.worker import WorkerConfig, run_worker
-
-    base = _settings(ctx)
-    settings = Settings.load(
-        db=db_url or base.db,
-        nats_url=nats_url,
-        worker_metrics_port=None if metrics_port is None else str(metrics_port),
-    )
-    config = WorkerConfig(
-        nats_url=settings.nats_url,
-        stream=settings.nats_stream,
-        subject=settings.nats_subject,
-        consumer=settings.nats_consumer,
-        fetch=settings.worker_fetch,
-        commit_records=settings.max_batch_records,
-        max_event_bytes=settings.max_event_bytes,
-        connect_timeout=settings.nats_timeout,
-    )
-    store = open_store(settings.db, settings.busy_timeout, settings.db_pool_size)
-    try:
-        totals = run_worker(
-            config, store, settings.worker_metrics_host, settings.worker_metrics_port
-        )
-    finally:
-        store.close()
-    click.echo(
-        f"worker: {totals['messages_consumed']:,} messages consumed "
-        f"({totals['messages_redelivered']:,} redelivered), "
-        f"{totals['events_committed']:,} events committed",
-        err=True,
-    )
-
-
-@cli.group()
-def streams() -> None:
-    """The JetStream stream and durable consumer of the NATS transport."""
-
-
-@streams.command("init")
-@click.option("--nats", "nats_url", metavar="URL", default=None, help="PLAYLEDGER_NATS_URL.")
-@click.option(
-    "--replicas",
-    type=click.IntRange(1, 5),
-    default=1,
-    show_default=True,
-    help="Copies of each message in a NATS cluster; use 3 there (an ack = on 3 servers).",
-)
-@click.option(
-    "--retention",
-    type=click.Choice(["workqueue", "limits"]),
-    default="workqueue",
-    show_default=True,
-    help="workqueue: a batch is deleted once a worker committed it; limits: kept until "
-    "--max-age (replayable).",
-)
-@click.option("--max-age", default="7d", show_default=True, help="Batches older expire.")
-@click.option(
-    "--max-bytes", type=int, default=-1, show_default=True, help="Stream size cap (-1: none)."
-)
-@click.option("--duplicate-window", default="10m", show_default=True, help="De-dup window.")
-@click.option("--ack-wait", default="30s", show_default=True, help="Redeliver after this.")
-@click.option("--max-ack-pending", type=int, default=1024, show_default=True)
-@click.pass_context
-@errors
-def streams_init(
-    ctx: click.Context,
-    nats_url: str | None,
-    replicas: int,
-    retention: str,
-    max_age: str,
-    max_bytes: int,
-    duplicate_window: str,
-    ack_wait: str,
-    max_ack_pending: int,
-) -> None:
-    """Create or update the stream and consumer (idempotent: run it on every deploy)."""
-    from playledger.jetstream import StreamOptions, Subjects, administer, init_stream
-    from playledger.jetstream import parse_duration as secs
-
-    settings = Settings.load(db=_settings(ctx.find_root()).db, nats_url=nats_url)
-    options = StreamOptions(
-        replicas=replicas,
-        retention=retention,
-        max_age=secs("--max-age", max_age),
-        max_bytes=max_bytes,
-        duplicate_window=secs("--duplicate-window", duplicate_window),
-        ack_wait=secs("--ack-wait", ack_wait),
-        max_ack_pending=max_ack_pending,
-    )
-    lines = administer(
-        settings.nats_url,
-        settings.nats_timeout,
-        lambda nc: init_stream(
-            nc,
-            settings.nats_stream,
-            Subjects(settings.nats_subject),
-            settings.nats_consumer,
-            options,
-        ),
-    )
-    click.echo("\n".join(lines))
-
-
-@streams.command("status")
-@click.option("--nats", "nats_url", metavar="URL", default=None, help="PLAYLEDGER_NATS_URL.")
-@click.pass_context
-@errors
-def streams_status(ctx: click.Context, nats_url: str | None) -> None:
-    """Messages in the stream; pending, unacknowledged and redelivered in the consumer."""
-    from playledger.jetstream import administer, stream_status
-
-    settings = Settings.load(db=_settings(ctx.find_root()).db, nats_url=nats_url)
-    status = administer(
-        settings.nats_url,
-        settings.nats_timeout,
-        lambda nc: stream_status(nc, settings.nats_stream, settings.nats_consumer),
-    )
-    click.echo(
-        f"stream {status['stream']}: {status['messages']:,} messages, {status['bytes']:,} bytes; "
-        f"consumer {status['consumer']}: {status['pending']:,} pending, "
-        f"{status['ack_pending']:,} unacknowledged, {status['redelivered']:,} redelivered, "
-        f"{status['waiting']:,} waiting pulls"
-    )
-
-
 @cli.command("callback-path")
 def callback_path() -> None:
     """Print the folder to put in ANSIBLE_CALLBACK_PLUGINS for plain ansible-playbook use."""
     click.echo(plugin_path())
+
+
+# The server and administration commands live in their own module; importing it registers them.
+from playledger import cli_server  # noqa: E402, F401
 
 
 def main() -> None:
