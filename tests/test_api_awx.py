@@ -80,6 +80,10 @@ def test_job_events_counting(job: tuple[Api, list[Event]]) -> None:
     on_host = api.get("/api/v2/jobs/1/job_events/?host_name=host-1&failed=false").json()
     assert on_host["count"] == sum(1 for e in events if e.host == "host-1" and not e.failed)
     assert {r["host_name"] for r in on_host["results"]} == {"host-1"}
+    wanted = [e.counter for e in events if "host-1" in e.stdout.lower()]
+    assert wanted, "the fixture has output naming host-1"
+    grep = api.get("/api/v2/jobs/1/job_events/?stdout__icontains=HOST-1&page_size=200").json()
+    assert [r["counter"] for r in grep["results"]] == wanted and grep["count"] == len(wanted)
 
 
 def test_job_events_pages(job: tuple[Api, list[Event]]) -> None:

@@ -295,6 +295,9 @@ def _events(
     counter__gte: int | None = None,
     counter__lt: int | None = None,
     counter__lte: int | None = None,
+    stdout__icontains: Annotated[
+        str | None, Query(description="events whose output contains this text, any case")
+    ] = None,
     _: object = READ,
     __: None = JSON_FORMAT,
 ) -> Response:
@@ -312,7 +315,7 @@ def _events(
     lt = None if counter__lt is None else counter__lt - 1
     lo = max((v for v in (counter, counter__gte, gt) if v is not None), default=None)
     hi = min((v for v in (counter, counter__lte, lt) if v is not None), default=None)
-    filters = EventFilter(host_name, event, task, failed, changed, lo, hi)
+    filters = EventFilter(host_name, event, task, failed, changed, lo, hi, stdout__icontains)
     count = store.count_events(run.id, filters)
     after, offset = 0, (page - 1) * page_size
     only_counters = EventFilter(min_counter=lo, max_counter=hi) == filters
