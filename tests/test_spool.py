@@ -328,6 +328,19 @@ def test_backlog_counts_records_after_the_ack(written: tuple[SpoolFile, list[byt
     assert SpoolFile(spool.spool_dir, "no-such-run").backlog() == (0, 0)
 
 
+def test_backlog_counts_past_a_corrupt_record_but_not_it_nor_a_torn_tail(
+    written: tuple[SpoolFile, list[bytes]],
+) -> None:
+    spool, items = written
+    _, starts = framed(items)
+    data = bytearray(spool.path.read_bytes())
+    data[starts[4] + HEADER.size + 1] ^= 0xFF  # record 5's payload: its checksum fails
+    spool.path.write_bytes(bytes(data))
+    with spool.path.open("ab") as f:
+        f.write(frame(b'{"half": true}')[:9])  # a writer in the middle of a record
+    assert spool.backlog() == (9, spool.size())  # the shipper would store these nine
+
+
 def test_remove_keeps_quarantine_and_list_runs_sees_it(
     written: tuple[SpoolFile, list[bytes]],
 ) -> None:

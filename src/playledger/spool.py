@@ -389,22 +389,18 @@ class SpoolFile:
         self.lock_path.unlink(missing_ok=True)
 
     def backlog(self) -> tuple[int, int]:
-        """(records, bytes) written but not yet acknowledged."""
+        """(records, bytes) written but not yet acknowledged. Records are counted the way the
+        shipper reads them: checksums checked, a corrupt range skipped (and not counted), the
+        records after it counted; a tail still being written is not a record yet."""
         acked = self.acked()
         size = self.size()
-        records = 0
-        pos = acked
-        try:
-            with open(self.path, "rb") as f:
-                while pos + HEADER.size <= size:
-                    f.seek(pos)
-                    magic, length, _ = HEADER.unpack(f.read(HEADER.size))
-                    if magic != MAGIC:
-                        break
-                    records += 1
-                    pos += HEADER.size + length
-        except FileNotFoundError:
-            return 0, 0
+        records, pos = 0, acked
+        while pos < size:
+            chunk = self.read(pos, final=False, max_records=1 << 30)
+            records += len(chunk.records)
+            if chunk.end <= pos:
+                break  # only an incomplete tail is left
+            pos = chunk.end
         return records, max(size - acked, 0)
 
 
