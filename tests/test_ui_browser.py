@@ -398,6 +398,20 @@ def test_live_run_elsewhere_than_its_last_page(browser: Browser, served: Served)
         expect(page.locator("#stored")).to_have_text("569")
         expect(page.locator("#c569")).to_have_count(1)
         expect(page.locator("#new-events")).to_be_hidden()
+        # With a search on, new matching events are counted and marked as they arrive.
+        page.goto(f"{served.url}/ui/runs/5?page=2&q=WEB-03")
+        expect(page.locator("#live")).to_be_visible()
+        total = int(page.locator("#match-count").inner_text().replace(",", ""))
+        here = int(page.locator("#page-hits").inner_text())
+        assert here == page.locator(".blk.hit").count() > 0
+        more = served.big_live_rest[20:41]
+        new = [e.counter for e in more if isinstance(e, Event) and "web-03" in e.stdout.lower()]
+        assert new, "the next task has a result of web-03"
+        store.ingest(more)
+        expect(page.locator(f"#c{new[-1]}.hit mark")).to_have_text("web-03")
+        expect(page.locator("#match-count")).to_have_text(f"{total + len(new):,}")
+        expect(page.locator("#page-hits")).to_have_text(str(here + len(new)))
+        expect(page.locator(".blk.hit")).to_have_count(here + len(new))
     finally:
         store.close()
     page.close()

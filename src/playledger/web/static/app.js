@@ -147,6 +147,14 @@
     let unseen = 0;
     const inPlace = run.dataset.lastPage === "yes" && output && template;
     const fold = inPlace ? folder(output, template, top) : null;
+    // With a search on, a new event whose output matches is counted (and, when it lands on
+    // this page, marked). JavaScript folds case beyond ASCII where SQLite does not: the count
+    // may differ from the server's for such text until the page reloads.
+    const q = status ? status.dataset.q : "";
+    const bump = (id) => {
+      const el = document.getElementById(id);
+      if (el) el.textContent = (Number(el.textContent.replace(/,/g, "")) + 1).toLocaleString("en-US");
+    };
     const es = new EventSource("/ui/runs/" + run.dataset.run + "/stream?after=" + top);
     es.addEventListener("open", () => { live.hidden = false; });
     es.addEventListener("event", function (msg) {
@@ -154,9 +162,19 @@
       count += 1;
       top = Math.max(top, e.counter);
       stored.textContent = count.toLocaleString("en-US");
+      const probe = document.createElement("span");
+      probe.innerHTML = e.html || "";
+      const hit = q !== "" && probe.textContent.toLowerCase().includes(q.toLowerCase());
+      if (hit) bump("match-count");
       if (fold && e.counter <= pageEnd) {
         fold(e);
         upto.textContent = e.counter.toLocaleString("en-US");
+        const placed = document.getElementById("c" + e.counter);
+        if (hit && placed) {
+          placed.classList.add("hit");
+          highlight(placed, q);
+          bump("page-hits");
+        }
         return;
       }
       unseen += 1;
@@ -164,7 +182,7 @@
       link.textContent = unseen.toLocaleString("en-US") + " new event" +
         (unseen === 1 ? "" : "s") + " — go to the end";
       link.href = "/ui/runs/" + run.dataset.run + "?page=" + Math.ceil(top / pageSize) +
-        "#output-end";
+        (q ? "&q=" + encodeURIComponent(q) : "") + "#output-end";
       notice.hidden = false;
     });
     es.addEventListener("end", function () { es.close(); location.reload(); });
