@@ -6,8 +6,10 @@ Registered on the `playledger` group by importing this module (cli.py does, at i
 from __future__ import annotations
 
 import click
+import msgspec
 
 from playledger.cli import cli, errors, settings_of, store_session
+from playledger.errors import UsageError
 from playledger.settings import Settings
 from playledger.store import open_store
 
@@ -263,3 +265,89 @@ def streams_status(ctx: click.Context, nats_url: str | None) -> None:
         f"{status['ack_pending']:,} unacknowledged, {status['redelivered']:,} redelivered, "
         f"{status['waiting']:,} waiting pulls"
     )
+
+
+_RUN_HELP = "Only this run's dead letters (its uuid)."
+
+
+@streams.command("dead")
+@click.option("--nats", "nats_url", metavar="URL", default=None, help="PLAYLEDGER_NATS_URL.")
+@click.option("--run", "run", metavar="UUID", default=None, help=_RUN_HELP)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="List at most N (the total is still counted).",
+)
+@click.pass_context
+@errors
+def streams_dead(
+    ctx: click.Context, nats_url: str | None, run: str | None, as_json: bool, limit: int
+) -> None:
+    """Dead letters: batches the workers could never store, oldest first (read only: nothing
+    is consumed; gives up after 60 s). Columns: stream sequence, time (UTC), run, records
+    ("-": undecodable), the refused message's Nats-Msg-Id, and the Playledger-Error reason."""
+    from playledger.deadletters import list_dead
+    from playledger.jetstream import Subjects, administer
+
+    settings = Settings.load(db=settings_of(ctx.find_root()).db, nats_url=nats_url)
+    listing = administer(
+        settings.nats_url,
+        settings.nats_timeout,
+        lambda nc: list_dead(nc, settings.nats_stream, Subjects(settings.nats_subject), run, limit),
+    )
+    for d in listing.letters:
+        if as_json:
+            click.echo(msgspec.json.encode(d.as_dict()).decode())
+        else:
+            records = "-" if d.records is None else str(d.records)
+            click.echo(f"{d.seq:>8}  {d.time}  {d.run}  {records:>6}  {d.msg_id}  {d.reason}")
+    if not as_json:
+        shown = "" if len(listing.letters) == listing.total else f", {len(listing.letters)} shown"
+        click.echo(f"{listing.total:,} dead letter{'' if listing.total == 1 else 's'}{shown}")
+
+
+@streams.command("replay")
+@click.option("--nats", "nats_url", metavar="URL", default=None, help="PLAYLEDGER_NATS_URL.")
+@click.option("--run", "run", metavar="UUID", default=None, help=_RUN_HELP)
+@click.option("--all", "replay_all", is_flag=True, help="Every dead letter in the stream.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+@errors
+def streams_replay(
+    ctx: click.Context, nats_url: str | None, run: str | None, replay_all: bool, yes: bool
+) -> None:
+    """Put dead letters back on their run's events subject (once the cause is fixed: a store
+    that refused writes, a full disk), each deleted only after JetStream acknowledged its copy.
+    Safe to repeat or interrupt: the copy has a new message id derived from the dead letter,
+    the store is idempotent, and a batch refused again becomes a new dead letter."""
+    from playledger.deadletters import Replayed, replay_dead
+    from playledger.jetstream import Subjects, administer
+
+    if (run is None) == (not replay_all):
+        raise UsageError("streams replay: give --run UUID or --all (one of them)")
+    what = f"the dead letters of run {run}" if run else "every dead letter"
+    if not yes:
+        click.confirm(f"replay {what} to the workers?", abort=True)
+    settings = Settings.load(db=settings_of(ctx.find_root()).db, nats_url=nats_url)
+
+    def done(r: Replayed) -> None:
+        d = r.letter
+        records = "?" if d.records is None else f"{d.records:,}"
+        again = " (already replayed: JetStream dropped the copy)" if r.duplicate else ""
+        click.echo(
+            f"dead letter {d.seq} (run {d.run}, {records} records, {d.reason.split(':')[0]}) "
+            f"replayed as {r.seq}{again}"
+        )
+
+    count = administer(
+        settings.nats_url,
+        settings.nats_timeout,
+        lambda nc: replay_dead(
+            nc, settings.nats_stream, Subjects(settings.nats_subject), run, done
+        ),
+    )
+    click.echo(f"{count:,} dead letter{'' if count == 1 else 's'} replayed")
