@@ -313,7 +313,7 @@ def test_search_next_and_previous_cross_pages_and_wrap(api: Api) -> None:
     assert _search(api, "q=boom+on&after=600") == first.replace("#", "&wrapped=yes#")
     page = api.client.get(f"/ui/runs/1?page=1&q=boom+on&at={FAIL_1}&wrapped=yes").text
     assert '<strong id="match-count">2</strong> events of the whole run match' in page
-    assert "1 on this page" in page and "search wrapped around" in page
+    assert '<span id="page-hits">1</span> on this page' in page and "search wrapped around" in page
     # on a page reached without a match (the pager), next starts at the page's first counter
     pager = api.client.get("/ui/runs/1?page=2&q=boom+on").text
     assert f'href="/ui/runs/1/search?q=boom+on&amp;after={OUTPUT_PAGE}"' in pager
