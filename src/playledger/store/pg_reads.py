@@ -138,12 +138,12 @@ class PostgresReads:
         if f.task is not None:
             clauses.append("(task = %s OR task_uuid = %s)")
             args += [f.task[:_CUT], f.task]
+        # Literals, not parameters: a prepared (generic) plan can use the partial indexes
+        # `WHERE failed` / `WHERE changed` only when the query says so in its text.
         if f.failed is not None:
-            clauses.append("failed = %s")
-            args.append(f.failed)
+            clauses.append("failed" if f.failed else "NOT failed")
         if f.changed is not None:
-            clauses.append("changed = %s")
-            args.append(f.changed)
+            clauses.append("changed" if f.changed else "NOT changed")
         if f.min_counter is not None:
             clauses.append("counter >= %s")
             args.append(f.min_counter)
@@ -184,11 +184,15 @@ class PostgresReads:
                 left -= len(rows)
 
     def count_events(self, run_id: int, filters: EventFilter | None = None) -> int:
+        f = filters or EventFilter()
         with self._conn() as conn:
+            if f == EventFilter():  # the per-run counter kept in each ingest transaction: no scan
+                row = conn.execute("SELECT stored FROM runs WHERE id=%s", (run_id,)).fetchone()
+                return int(row[0]) if row else 0
             located = self._locate(conn, run_id)
             if located is None:
                 return 0
-            where, args = self._where(run_id, located[1], filters or EventFilter())
+            where, args = self._where(run_id, located[1], f)
             row = conn.execute(f"SELECT COUNT(*) FROM events WHERE {where}", args).fetchone()
             return int(row[0]) if row else 0
 
