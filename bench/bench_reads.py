@@ -19,16 +19,14 @@ import contextlib
 import statistics
 import tempfile
 import time
-import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bench_verify
 import psycopg
 from bench_http import pg_schema
-from bench_verify import job_events
 
-from playledger.events import Event, RunEnd, RunStart
 from playledger.store import EventFilter, Store, open_store
 
 BATCH = 10_000
@@ -38,30 +36,7 @@ def build(store: Store, runs: int, events: int, hosts: int) -> str:
     """`runs` runs of `events` events each; returns the last run's uuid."""
     run = ""
     for _ in range(runs):
-        run = str(uuidlib.uuid4())
-        start = RunStart(
-            run=run,
-            created="2026-12-04T10:00:00.000000Z",
-            playbook="bench.yml",
-            argv=["ansible-playbook", "bench.yml"],
-            cwd="/",
-            user="bench",
-            controller="bench",
-            ansible_version="2.19.0",
-            playledger_version="0",
-            pid=1,
-        )
-        batch: list[RunStart | Event | RunEnd] = [start]
-        emitted = 0
-        for e in job_events(run, events, hosts):
-            batch.append(e)
-            emitted = e.counter
-            if len(batch) >= BATCH:
-                store.ingest(batch)
-                batch = []
-        store.ingest(
-            [*batch, RunEnd(run=run, created="2026-12-04T11:00:00.000000Z", emitted=emitted)]
-        )
+        run = bench_verify.build(store, events, hosts, BATCH)
     return run
 
 

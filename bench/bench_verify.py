@@ -23,6 +23,7 @@ from pathlib import Path
 
 from playledger import render
 from playledger.events import GENESIS_HASH, Event, RunEnd, RunStart, encode_data, seal
+from playledger.store import Store
 from playledger.store.sqlite import SQLiteStore
 from playledger.verify import verify_run
 
@@ -87,36 +88,31 @@ def job_events(run: str, total: int, hosts: int) -> Iterator[Event]:
     yield event("playbook_on_stats", stdout=render.recap(summary), data={"summary": summary})
 
 
-def build(db: str, total: int, hosts: int) -> str:
+def build(store: Store, total: int, hosts: int, batch_size: int = BATCH) -> str:
+    """One run of `total` job-shaped events ingested into `store`; returns its uuid."""
     run = str(uuidlib.uuid4())
-    store = SQLiteStore(db)
-    try:
-        start = RunStart(
-            run=run,
-            created="2026-12-04T10:00:00.000000Z",
-            playbook="bench.yml",
-            argv=["ansible-playbook", "bench.yml"],
-            cwd="/",
-            user="bench",
-            controller="bench",
-            ansible_version="2.19.0",
-            playledger_version="0",
-            pid=1,
-        )
-        store.ingest([start])
-        batch: list[Event] = []
-        emitted = 0
-        for e in job_events(run, total, hosts):
-            batch.append(e)
-            emitted = e.counter
-            if len(batch) == BATCH:
-                store.ingest(batch)
-                batch = []
-        store.ingest(
-            [*batch, RunEnd(run=run, created="2026-12-04T11:00:00.000000Z", emitted=emitted)]
-        )
-    finally:
-        store.close()
+    start = RunStart(
+        run=run,
+        created="2026-12-04T10:00:00.000000Z",
+        playbook="bench.yml",
+        argv=["ansible-playbook", "bench.yml"],
+        cwd="/",
+        user="bench",
+        controller="bench",
+        ansible_version="2.19.0",
+        playledger_version="0",
+        pid=1,
+    )
+    store.ingest([start])
+    batch: list[Event] = []
+    emitted = 0
+    for e in job_events(run, total, hosts):
+        batch.append(e)
+        emitted = e.counter
+        if len(batch) == batch_size:
+            store.ingest(batch)
+            batch = []
+    store.ingest([*batch, RunEnd(run=run, created="2026-12-04T11:00:00.000000Z", emitted=emitted)])
     return run
 
 
@@ -129,7 +125,11 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(args.db).exists():
         t0 = time.perf_counter()
-        build(args.db, args.events, args.hosts)
+        store = SQLiteStore(args.db)
+        try:
+            build(store, args.events, args.hosts)
+        finally:
+            store.close()
         print(f"built {args.events:,} events in {time.perf_counter() - t0:.1f}s: {args.db}")
     spool = tempfile.mkdtemp(prefix="verify-bench-spool-")  # empty: nothing pending
     env = {**os.environ, "PLAYLEDGER_DB": args.db, "PLAYLEDGER_SPOOL_DIR": spool}

@@ -376,8 +376,7 @@ def next_failure(
     if not found:
         return RedirectResponse(f"/ui/runs/{run.id}?nofail=1#output", 303)
     counter = found[0].counter
-    page = (counter - 1) // views.OUTPUT_PAGE + 1
-    return RedirectResponse(f"/ui/runs/{run.id}?page={page}#c{counter}", 303)
+    return RedirectResponse(f"/ui/runs/{run.id}?page={_output_page(counter)}#c{counter}", 303)
 
 
 @router.get("/ui/runs/{run_ref}/search")
